@@ -1,0 +1,55 @@
+"""Typed dependencies: the key check and the long-lived objects built in the lifespan."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.chat.service import ChatService
+from app.config import Settings
+from app.protocol.openai import ApiError
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_chat_service(request: Request) -> ChatService:
+    service: ChatService = request.app.state.chat_service
+    return service
+
+
+def presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def keys_match(presented: str | None, expected: str) -> bool:
+    # compare_digest on bytes: constant time whatever the input, also for non-ASCII keys.
+    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def require_api_key(request: Request) -> None:
+    settings = get_settings(request)
+    if settings.auth_disabled or settings.api_master_key is None:
+        return
+    presented = presented_key(request)
+    if not keys_match(presented, settings.api_master_key.get_secret_value()):
+        message = (
+            "Missing API key: send it as 'Authorization: Bearer <key>'."
+            if presented is None
+            else "Incorrect API key provided."
+        )
+        raise ApiError(401, message, type="invalid_request_error", code="invalid_api_key")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+ApiKey = Depends(require_api_key)

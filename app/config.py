@@ -1,0 +1,221 @@
+"""The one `Settings` object: every knob, its type, default and meaning.
+
+Read from the environment and `.env`. Nothing else in the project reads `os.environ`; the README's
+configuration table mirrors the fields below (a test checks that they stay in step).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and how to fix it."""
+
+
+def parse_credentials(raw: str | list[str] | None) -> list[str]:
+    """`GPTOMNI_CREDENTIALS` as a JSON list of cookie strings, or one raw cookie string."""
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        items: list[object] = list(raw)
+    else:
+        text = raw.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as exc:
+                # Never echo the text: it holds cookies.
+                raise ConfigError(
+                    f"GPTOMNI_CREDENTIALS looks like a JSON list but does not parse "
+                    f'(line {exc.lineno}, column {exc.colno}); use \'["cookie1", "cookie2"]\''
+                ) from None
+            if not isinstance(loaded, list):
+                raise ConfigError("GPTOMNI_CREDENTIALS must be a JSON list of strings")
+            items = loaded
+        else:
+            items = [text]
+    cookies: list[str] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ConfigError(f"GPTOMNI_CREDENTIALS[{index}] must be a string")
+        cookie = item.strip()
+        if cookie and cookie not in cookies:
+            cookies.append(cookie)
+    return cookies
+
+
+def parse_aliases(raw: str | dict[str, str] | None) -> dict[str, str]:
+    """`MODEL_ALIASES` as JSON (`{"gpt-4o": "gptomni"}`) or `alias=model,alias2=model`."""
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        return {str(k).strip(): str(v).strip() for k, v in raw.items()}
+    text = raw.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"MODEL_ALIASES is not valid JSON: {exc.msg}") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+            raise ConfigError('MODEL_ALIASES must map names to names, e.g. {"gpt-4o": "gptomni"}')
+        return {str(k).strip(): v.strip() for k, v in loaded.items()}
+    aliases: dict[str, str] = {}
+    for pair in text.split(","):
+        if not pair.strip():
+            continue
+        alias, sep, target = pair.partition("=")
+        if not sep or not alias.strip() or not target.strip():
+            raise ConfigError(f"MODEL_ALIASES entry {pair.strip()!r} is not alias=model")
+        aliases[alias.strip()] = target.strip()
+    return aliases
+
+
+def parse_csv(raw: str | list[str] | None) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        return [s.strip() for s in raw if s.strip()]
+    text = raw.strip()
+    if text.startswith("["):
+        loaded = json.loads(text)
+        if isinstance(loaded, list):
+            return [str(s).strip() for s in loaded if str(s).strip()]
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- access -------------------------------------------------------------------------------
+    api_master_key: SecretStr | None = Field(
+        default=None, description="The key clients send as `Authorization: Bearer` (or `x-api-key`)."
+    )
+    auth_disabled: bool = Field(
+        default=False, description="Set to true to serve without a key (only on a trusted network)."
+    )
+
+    # --- upstream -----------------------------------------------------------------------------
+    gptomni_credentials: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description='Cookie strings, as a JSON list `["cookie1","cookie2"]` or one raw cookie string.',
+    )
+    gptomni_base_url: str = Field(default="https://gptomni.ai", description="The upstream site.")
+    upstream_transport: Literal["curl_cffi", "cloudscraper"] = Field(
+        default="curl_cffi", description="HTTP client for the upstream: `curl_cffi` or `cloudscraper`."
+    )
+    curl_impersonate: str = Field(
+        default="chrome", description="Browser that curl_cffi impersonates (TLS and HTTP/2 fingerprint)."
+    )
+    upstream_connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to connect to the upstream."
+    )
+    upstream_first_byte_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds from sending the prompt to the upstream's first byte."
+    )
+    upstream_idle_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds the upstream may stay silent between two reads."
+    )
+    upstream_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Credentials tried for one request when one fails before anything reached the client.",
+    )
+    cloudscraper_threads: int = Field(
+        default=64, ge=1, description="Thread pool size of the cloudscraper transport (its stream limit)."
+    )
+
+    # --- models and prompt --------------------------------------------------------------------
+    served_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["gptomni"], description="Model ids served, comma-separated."
+    )
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Extra names for served models: `gpt-4o=gptomni,gpt-4=gptomni` or JSON.",
+    )
+    prompt_mode: Literal["full", "last_user"] = Field(
+        default="full",
+        description="`full`: the whole conversation in the prompt; `last_user`: the last user message only.",
+    )
+
+    # --- HTTP surface -------------------------------------------------------------------------
+    max_request_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (bytes); larger gets 413.",
+    )
+    keepalive_interval: float = Field(
+        default=15.0, gt=0, description="Seconds of upstream silence before a `: keep-alive` SSE comment."
+    )
+    host: str = Field(default="0.0.0.0", description="Address `python main.py` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `python main.py` listens on.")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `python main.py`.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    @field_validator("api_master_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("gptomni_credentials", mode="before")
+    @classmethod
+    def _credentials(cls, value: object) -> list[str]:
+        if value is None or isinstance(value, (str, list)):
+            return parse_credentials(value)
+        raise ConfigError("GPTOMNI_CREDENTIALS must be a JSON list of cookie strings")
+
+    @field_validator("served_models", mode="before")
+    @classmethod
+    def _models(cls, value: object) -> list[str]:
+        if value is None or isinstance(value, (str, list)):
+            return parse_csv(value)
+        raise ConfigError("SERVED_MODELS must be a comma-separated list")
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _aliases(cls, value: object) -> dict[str, str]:
+        if value is None or isinstance(value, (str, dict)):
+            return parse_aliases(value)
+        raise ConfigError("MODEL_ALIASES must be alias=model pairs")
+
+    @field_validator("gptomni_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ConfigError("GPTOMNI_BASE_URL must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.served_models:
+            raise ConfigError("SERVED_MODELS must name at least one model")
+        for alias, target in self.model_aliases.items():
+            if target not in self.served_models:
+                raise ConfigError(
+                    f"MODEL_ALIASES maps {alias!r} to {target!r}, which is not in SERVED_MODELS"
+                )
+        if self.api_master_key is None and not self.auth_disabled:
+            raise ConfigError(
+                "API_MASTER_KEY is not set. Set it (e.g. API_MASTER_KEY=sk-something-long) in the "
+                "environment or .env, or set AUTH_DISABLED=true to serve without a key."
+            )
+        return self
+
+    @cached_property
+    def model_table(self) -> dict[str, str]:
+        """Every name a client may send, mapped to the served model it means."""
+        table = {model: model for model in self.served_models}
+        table.update(self.model_aliases)
+        return table

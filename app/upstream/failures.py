@@ -1,0 +1,105 @@
+"""What can go wrong upstream, as values: the failure kinds and their classification.
+
+`classify_response` turns an upstream status, headers and the head of its body into a failure
+(or None for a usable 200). Messages name the status class only: never a cookie, never the body.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from time import time
+
+_CF_BODY = re.compile(rb"cf-chl|_cf_chl_opt|challenge-platform|<title>\s*Just a moment", re.IGNORECASE)
+
+
+class FailureKind(enum.StrEnum):
+    AUTH = "auth"  # 401, or a 403 that is not Cloudflare: the cookie is rejected
+    CLOUDFLARE = "cloudflare"  # a Cloudflare challenge page
+    RATE_LIMITED = "rate_limited"  # 429
+    SERVER_ERROR = "server_error"  # 5xx
+    CLIENT_ERROR = "client_error"  # any other 4xx: our request was refused
+    CONNECT = "connect"  # could not connect
+    TIMEOUT = "timeout"  # no first byte, or silence between bytes, past the configured time
+    CUT_OFF = "cut_off"  # the body ended before it was complete
+    BAD_RESPONSE = "bad_response"  # a 200 we cannot read, or an error object inside it
+
+
+class UpstreamFailure(Exception):
+    """An upstream call that did not give an answer. Safe to show: holds no secret."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def message(self) -> str:
+        if self.status is not None:
+            return f"upstream answered {self.status} ({self.status // 100}xx): {self.detail}"
+        return f"upstream failure: {self.detail}"
+
+    def __repr__(self) -> str:
+        return f"UpstreamFailure({self.kind.value}, status={self.status}, {self.detail!r})"
+
+
+def is_cloudflare_challenge(status: int, headers: Mapping[str, str], body_head: bytes) -> bool:
+    if headers.get("cf-mitigated", "").lower() == "challenge":
+        return True
+    if status in (403, 429, 503) and headers.get("server", "").lower().startswith("cloudflare"):
+        return bool(_CF_BODY.search(body_head))
+    return status in (403, 503) and bool(_CF_BODY.search(body_head))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds (delta or HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time() if now is None else now)
+    return max(0.0, seconds)
+
+
+def classify_response(status: int, headers: Mapping[str, str], body_head: bytes) -> UpstreamFailure | None:
+    """None for a 200 answer; otherwise the failure it is. `headers` keys are lower-case."""
+    if status == 200:
+        return None
+    if is_cloudflare_challenge(status, headers, body_head):
+        return UpstreamFailure(FailureKind.CLOUDFLARE, "blocked by a Cloudflare challenge", status=status)
+    if status in (401, 403):
+        return UpstreamFailure(
+            FailureKind.AUTH, "the credential was rejected (expired cookie?)", status=status
+        )
+    if status == 429:
+        return UpstreamFailure(
+            FailureKind.RATE_LIMITED,
+            "rate limited",
+            status=status,
+            retry_after=parse_retry_after(headers.get("retry-after")),
+        )
+    if status >= 500:
+        return UpstreamFailure(FailureKind.SERVER_ERROR, "server error", status=status)
+    if 200 < status < 300:
+        return UpstreamFailure(FailureKind.BAD_RESPONSE, "unexpected success status", status=status)
+    if 300 <= status < 400:
+        # A redirect is how a signed-out session is sent to the login page.
+        return UpstreamFailure(FailureKind.AUTH, "redirected (signed out?)", status=status)
+    return UpstreamFailure(FailureKind.CLIENT_ERROR, "request refused", status=status)

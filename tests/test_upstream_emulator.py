@@ -1,0 +1,306 @@
+"""End-to-end checks of the gptomni upstream emulator: a real subprocess driven by httpx over loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+EMULATOR = Path(__file__).with_name("upstream_emulator.py")
+COOKIE = "session=abc"
+PREFIX = "Hello from the gptomni emulator. You said: "
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(EMULATOR), "--port", "0", "--chunk-delay", "0.01"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("EMULATOR_LISTENING 127.0.0.1:"), line
+        yield "http://" + line.split(" ", 1)[1]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=5) as c:
+        yield c
+
+
+def chat_request(client: httpx.Client, prompt: str, cookie: str | None = COOKIE) -> httpx.Request:
+    headers = {"Content-Type": "text/plain;charset=UTF-8"}
+    if cookie is not None:
+        headers["Cookie"] = cookie
+    return client.build_request(
+        "POST", "/api/chatWithText", content=json.dumps({"prompt": prompt}), headers=headers
+    )
+
+
+def chat_pieces(
+    client: httpx.Client, prompt: str, cookie: str = COOKIE
+) -> tuple[httpx.Response, list[bytes]]:
+    response = client.send(chat_request(client, prompt, cookie), stream=True)
+    try:
+        return response, list(response.iter_raw())
+    finally:
+        response.close()
+
+
+def stats(client: httpx.Client) -> dict[str, Any]:
+    result: dict[str, Any] = client.get("/_emu/stats").json()
+    return result
+
+
+def test_default_raw_reply_streams_in_pieces(client: httpx.Client) -> None:
+    response, pieces = chat_pieces(client, "first line\n  second line  \n\n")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert len(pieces) > 3
+    assert all(len(piece) <= 16 for piece in pieces)
+    assert b"".join(pieces).decode() == PREFIX + "second line"
+
+
+def test_default_reply_ignores_directives_and_truncates(client: httpx.Client) -> None:
+    long_line = "x" * 300
+    response = client.send(chat_request(client, f"{long_line}\n[[emu chunk_size=64]]\n"))
+    assert response.text == PREFIX + "x" * 200
+
+
+def test_scripted_reply_round_trips_unicode(client: httpx.Client) -> None:
+    reply = '你好，世界 🌍👩‍💻\n{"json": [1, 2]} {{braces}}\n\nend 😀'
+    prompt = (
+        "<<<EMU_REPLY\nan older turn\nEMU_REPLY>>>\n[[emu status=500]]\n"
+        f"user: go\n[[emu chunk_size=5]]\n<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>\n"
+    )
+    response, pieces = chat_pieces(client, prompt)
+    assert response.status_code == 200
+    assert len(pieces) > 5
+    assert b"".join(pieces).decode("utf-8") == reply
+
+
+def test_reply_b64_and_repeat(client: httpx.Client) -> None:
+    encoded = base64.b64encode("héllo ".encode()).decode()
+    response = client.send(chat_request(client, f"[[emu reply_b64={encoded} repeat=3 delay=0]]"))
+    assert response.text == "héllo héllo héllo "
+
+
+def test_split_utf8_breaks_per_read_decoding(client: httpx.Client) -> None:
+    reply = "a中文😀b"
+    _, pieces = chat_pieces(client, f"[[emu split_utf8=1 delay=0.005]]\n<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>")
+    undecodable = 0
+    for piece in pieces:
+        try:
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
+            undecodable += 1
+    assert undecodable >= 3
+    assert b"".join(pieces).decode("utf-8") == reply
+
+
+def test_sse_with_crlf(client: httpx.Client) -> None:
+    reply = 'Hi 你好, "quoted"\nnext'
+    prompt = f"[[emu format=sse eol=crlf chunk_size=4]]\n<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>"
+    response, pieces = chat_pieces(client, prompt)
+    assert response.headers["content-type"] == "text/event-stream"
+    body = b"".join(pieces).decode()
+    assert body.endswith("data: [DONE]\r\n\r\n")
+    events = body.split("\r\n\r\n")[:-1]
+    assert all(event.startswith("data: ") and "\n" not in event.replace("\r\n", "") for event in events)
+    texts = [json.loads(event[6:])["text"] for event in events[:-1]]
+    assert texts[0] == "Hi 你"
+    assert "".join(texts) == reply
+    assert "你" in body  # ensure_ascii=False
+
+
+def test_json_format(client: httpx.Client) -> None:
+    response = client.send(chat_request(client, "[[emu format=json]] ping"))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert response.json() == {"text": PREFIX + "ping"}
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "check"),
+    [
+        (401, "application/json", lambda r: r.json() == {"error": "Unauthorized"}),
+        (403, "application/json", lambda r: r.json() == {"message": "Forbidden"}),
+        (429, "application/json", lambda r: r.json() == {"error": "Too Many Requests"}),
+        (500, "text/html", lambda r: "<html>" in r.text and "500" in r.text),
+        (418, "application/json", lambda r: r.json() == {"error": "I'm a Teapot"}),
+    ],
+)
+def test_status_option(client: httpx.Client, status: int, content_type: str, check: Any) -> None:
+    response = client.send(chat_request(client, f"[[emu status={status} retry_after=7]]"))
+    assert response.status_code == status
+    assert response.headers["content-type"] == content_type
+    assert check(response)
+    assert response.headers.get("retry-after") == ("7" if status == 429 else None)
+    assert "cf-mitigated" not in response.headers
+
+
+def test_cloudflare_challenge(client: httpx.Client) -> None:
+    for prompt, status in (("[[emu cf=1]]", 403), ("[[emu cf=1 status=503]]", 503)):
+        response = client.send(chat_request(client, prompt))
+        assert response.status_code == status
+        assert response.headers["server"] == "cloudflare"
+        assert response.headers["cf-mitigated"] == "challenge"
+        assert response.headers["cf-ray"]
+        assert response.headers["content-type"] == "text/html; charset=UTF-8"
+        assert "<title>Just a moment...</title>" in response.text
+        assert "window._cf_chl_opt" in response.text
+        assert "/cdn-cgi/challenge-platform/" in response.text
+
+
+def test_cookie_options_override_prompt(client: httpx.Client) -> None:
+    prompt = "[[emu status=500]] hi"
+    assert client.send(chat_request(client, prompt)).status_code == 500
+    cookie = "session=abc; emu_status=429; emu_retry_after=3"
+    response = client.send(chat_request(client, prompt, cookie=cookie))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "3"
+    assert client.send(chat_request(client, prompt, cookie=COOKIE + "; emu_status=200")).status_code == 200
+
+
+def test_last_directive_wins(client: httpx.Client) -> None:
+    response = client.send(chat_request(client, "[[emu status=401]]\nlater\n[[emu format=json]]"))
+    assert response.status_code == 200
+    assert response.json() == {"text": PREFIX + "later"}
+
+
+def test_request_validation(client: httpx.Client) -> None:
+    assert client.send(chat_request(client, "hi", cookie=None)).json() == {"error": "Unauthorized"}
+    assert client.send(chat_request(client, "hi", cookie="")).status_code == 401
+    bad = client.post("/api/chatWithText", content=b'{"text": 1}', headers={"Cookie": COOKIE})
+    assert (bad.status_code, bad.json()) == (400, {"error": "bad request"})
+    assert client.post("/api/chatWithText", content=b"\xff", headers={"Cookie": COOKIE}).status_code == 400
+    option = client.send(chat_request(client, "[[emu nope=1]]"))
+    assert (option.status_code, option.json()["error"]) == (400, "bad emu option")
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/api/chatWithText").status_code == 404
+
+
+def test_chunked_request_body(client: httpx.Client) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'{"prompt": "chun'
+        yield 'ked 好"}'.encode()
+
+    response = client.post("/api/chatWithText", content=body(), headers={"Cookie": COOKIE})
+    assert response.text == PREFIX + "chunked 好"
+
+
+def read_into(response: httpx.Response, received: bytearray) -> None:
+    for piece in response.iter_raw():
+        received += piece
+
+
+@pytest.mark.parametrize("cut", [0, 5, 20])
+def test_cut_leaves_incomplete_chunked_body(client: httpx.Client, cut: int) -> None:
+    response = client.send(chat_request(client, f"[[emu cut={cut}]] hi"), stream=True)
+    received = bytearray()
+    with pytest.raises(httpx.RemoteProtocolError):
+        read_into(response, received)
+    response.close()
+    assert bytes(received) == (PREFIX + "hi").encode()[:cut]
+
+
+def test_cut_with_reset(client: httpx.Client) -> None:
+    with pytest.raises(httpx.TransportError):
+        client.send(chat_request(client, "[[emu cut=10 cut_mode=rst]] hi")).read()
+
+
+def test_body_delay(client: httpx.Client) -> None:
+    start = time.monotonic()
+    with client.stream("POST", "/api/chatWithText", json={"prompt": "[[emu body_delay=0.4]]"}) as r:
+        pass  # no Cookie: the answer comes at once
+    assert r.status_code == 401
+    response = client.send(chat_request(client, "[[emu body_delay=0.4 chunk_size=1000]] x"), stream=True)
+    headers_at = time.monotonic() - start
+    body = response.read()
+    body_at = time.monotonic() - start
+    assert headers_at < 0.25
+    assert body_at >= 0.4
+    assert body.decode() == PREFIX + "x"
+
+
+def wait_for_disconnects(client: httpx.Client, expected: int) -> float:
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        current = stats(client)
+        if current["disconnects"] >= expected:
+            assert current["in_flight"] == 0
+            return float(current["disconnect_times"][-1])
+        time.sleep(0.02)
+    raise AssertionError(f"no disconnect recorded: {stats(client)}")
+
+
+def test_client_closing_mid_stream_is_a_disconnect(client: httpx.Client, base_url: str) -> None:
+    client.post("/_emu/reset")
+    with httpx.Client(base_url=base_url, timeout=5) as other:
+        response = other.send(chat_request(other, "[[emu duration=5]] slow"), stream=True)
+        reads = response.iter_raw()  # kept: a collected generator would close the response
+        assert next(reads)
+        assert stats(client)["in_flight"] == 1
+        closed_at = time.monotonic()
+        response.close()
+    assert wait_for_disconnects(client, 1) - closed_at < 0.5
+    assert stats(client)["completed"] == 0
+
+
+def test_client_leaving_during_silence_is_a_disconnect(client: httpx.Client, base_url: str) -> None:
+    client.post("/_emu/reset")
+    with httpx.Client(base_url=base_url, timeout=0.2) as other, pytest.raises(httpx.ReadTimeout):
+        other.send(chat_request(other, "[[emu first_byte_delay=5]]"))
+    wait_for_disconnects(client, 1)
+
+
+def test_stats_and_reset(client: httpx.Client) -> None:
+    assert client.post("/_emu/reset").json() == {"ok": True}
+    for cookie in ("a=1", "a=1", "b=2; emu_status=401"):
+        client.send(chat_request(client, "count me", cookie=cookie))
+    client.send(chat_request(client, "no cookie", cookie=None))
+    current = stats(client)
+    assert current["requests"] == 4
+    assert current["by_cookie"] == {"a=1": 2, "b=2; emu_status=401": 1, "": 1}
+    assert current["completed"] == 4
+    assert current["in_flight"] == 0
+    assert current["max_in_flight"] == 1
+    assert len(current["request_times"]["a=1"]) == 2
+    assert current["request_times"]["a=1"][0] <= current["now"]
+    last = current["last_requests"][0]
+    assert last["prompt"] == "count me"
+    assert last["cookie"] == "a=1"
+    assert last["headers"]["content-type"] == "text/plain;charset=UTF-8"
+    assert json.loads(last["raw_body"]) == {"prompt": "count me"}
+    assert client.post("/_emu/reset").json() == {"ok": True}
+    current = stats(client)
+    assert (current["requests"], current["by_cookie"], current["last_requests"]) == (0, {}, [])
+    assert client.get("/_emu/health").json() == {"ok": True}
+
+
+def test_keep_alive_reuses_one_connection(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=5) as one:
+        one.post("/_emu/reset")
+        first = one.send(chat_request(one, "[[emu format=sse]] one"))
+        second = one.send(chat_request(one, "two"))
+        assert first.status_code == second.status_code == 200
+        assert second.text == PREFIX + "two"
+        current = stats(one)
+    assert current["connections_total"] == 0  # every request above rode the pre-reset connection
+    assert len({request["conn"] for request in current["last_requests"]}) == 1

@@ -1,0 +1,894 @@
+"""A loopback HTTP/1.1 server that speaks the gptomni.ai chat protocol, for e2e tests and benchmarks.
+
+It owns the wire: HTTP/1.1 is written by hand on asyncio streams (keep-alive, chunked bodies both
+ways), so a test can pace, split, stall and cut an answer byte for byte. Stdlib only; uvloop if present.
+
+CLI: python tests/upstream_emulator.py --host 127.0.0.1 --port 0 [--chunk-delay 0.02] [--chunk-size 16]
+     Prints exactly one line "EMULATOR_LISTENING <host>:<port>" once listening; exits 0 on SIGTERM/SIGINT.
+     Import: `serve(host, port, chunk_delay, chunk_size)`, `main(argv)`, or `Emulator` (start/close/port).
+
+POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie header required.
+  No/empty Cookie -> 401 {"error":"Unauthorized"}; body not {"prompt": str} -> 400 {"error":"bad request"};
+  unknown or malformed option -> 400 {"error":"bad emu option","detail":...}. Every call is recorded.
+  Options: the LAST `[[emu key=value ...]]` in the prompt, overridden by cookies `emu_<key>=<value>`.
+  Reply: the LAST `<<<EMU_REPLY\n...\nEMU_REPLY>>>` block in the prompt, else reply_b64, else
+  "Hello from the gptomni emulator. You said: " + last non-empty prompt line (directives and blocks
+  removed, max 200 chars).
+    status=N            401 {"error":"Unauthorized"} | 403 {"message":"Forbidden"} | 429 {"error":"Too Many
+                        Requests"} + Retry-After | 5xx small text/html page | other {"error": "<reason>"}
+    retry_after=N       Retry-After seconds for 429 (default 1)
+    cf=1                Cloudflare challenge page: 403 (or status=N), Server: cloudflare, cf-mitigated
+    format=raw|sse|json raw text/plain (default) | sse `data: {"text": piece}` events + `data: [DONE]`
+                        | json {"text": reply} in one piece. Always Transfer-Encoding: chunked.
+    eol=lf|crlf|cr      sse line ends (default lf)
+    chunk_size=N        piece size: bytes for raw (splits UTF-8 freely), characters for sse (default
+                        --chunk-size). Each piece is one HTTP chunk, one write+drain.
+    rechunk=N           (extra) re-split the whole encoded body into N-byte pieces, any format
+                        (e.g. sse events split across reads, CR and LF of CRLF in separate chunks)
+    split_utf8=1        split every multibyte UTF-8 character after its first byte, across two chunks
+    repeat=N            repeat the reply text N times (default 1)
+    reply_b64=B64       reply text as base64 of UTF-8 (a block in the prompt wins)
+    delay=S             pause between pieces (default --chunk-delay)
+    duration=S          spread the body over about S seconds; overrides delay
+    first_byte_delay=S  silence before the status line
+    body_delay=S        headers at once, then silence before the first body byte
+    cut=N               after N body bytes (0 = right after headers) end the connection without
+                        the terminating chunk: the client sees an incomplete chunked body
+    cut_mode=fin|rst    (extra) how cut ends it: flush + FIN (default), or flush + TCP RST
+  A client that goes away (EOF or a write error, also while silent) stops the answer at once and
+  counts as a disconnect.
+
+GET /_emu/health -> {"ok": true}     POST /_emu/reset -> {"ok": true}     anything else -> 404 JSON
+GET /_emu/stats  -> {requests, by_cookie, in_flight, max_in_flight, completed, disconnects,
+  disconnect_times, now, request_times, last_requests, plus (extra) cuts, connections, connections_total}.
+  Times are time.monotonic(). reset zeroes everything except the live gauges in_flight/connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import email.utils
+import http
+import itertools
+import json
+import re
+import resource
+import signal
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal
+
+CHAT_PATH = "/api/chatWithText"
+DEFAULT_CHUNK_DELAY = 0.02
+DEFAULT_CHUNK_SIZE = 16
+
+_MAX_HEAD = 64 * 1024
+_MAX_LINE = 8 * 1024
+_MAX_BODY = 64 * 1024 * 1024
+_READ_SIZE = 64 * 1024
+# Bytes a client may pipeline while an answer is running; beyond this the watcher stops reading
+# so a misbehaving client cannot grow memory without bound.
+_MAX_PIPELINED = 1024 * 1024
+_LAST_REQUESTS = 50
+_TIMES_PER_COOKIE = 1000
+_MAX_DISCONNECT_TIMES = 100_000
+_RAW_BODY_CHARS = 10_000
+_DEFAULT_LINE_CHARS = 200
+_DEFAULT_REPLY_PREFIX = "Hello from the gptomni emulator. You said: "
+
+_DIRECTIVE_RE = re.compile(r"\[\[emu\b([^\]]*)\]\]")
+_REPLY_RE = re.compile(r"<<<EMU_REPLY\r?\n(.*?)(?:\r?\n)?EMU_REPLY>>>", re.DOTALL)
+_EOLS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+
+Outcome = Literal["completed", "cut", "gone"]
+
+
+class _PeerGone(Exception):
+    """The client closed or reset the connection."""
+
+
+class _HttpError(Exception):
+    """A request that cannot be parsed; answered with this status, then the connection is closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Options:
+    chunk_size: int
+    delay: float
+    status: int = 200
+    retry_after: int = 1
+    cf: bool = False
+    format: str = "raw"
+    eol: str = "lf"
+    rechunk: int | None = None
+    split_utf8: bool = False
+    repeat: int = 1
+    reply_b64: str | None = None
+    duration: float | None = None
+    first_byte_delay: float = 0.0
+    body_delay: float = 0.0
+    cut: int | None = None
+    cut_mode: str = "fin"
+
+
+def _to_int(lo: int, hi: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} not in [{lo}, {hi}]")
+        return value
+
+    return convert
+
+
+def _to_seconds(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 3600.0:
+        raise ValueError(f"{value} not in [0, 3600]")
+    return value
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _to_choice(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} not one of {choices}")
+        return text
+
+    return convert
+
+
+def _to_b64(text: str) -> str:
+    base64.b64decode(text, validate=True).decode("utf-8")
+    return text
+
+
+_OPTION_PARSERS: dict[str, Callable[[str], object]] = {
+    "status": _to_int(200, 599),
+    "retry_after": _to_int(0, 86_400),
+    "cf": _to_bool,
+    "format": _to_choice("raw", "sse", "json"),
+    "eol": _to_choice(*_EOLS),
+    "chunk_size": _to_int(1, 1 << 24),
+    "rechunk": _to_int(1, 1 << 24),
+    "split_utf8": _to_bool,
+    "repeat": _to_int(0, 1_000_000),
+    "reply_b64": _to_b64,
+    "delay": _to_seconds,
+    "duration": _to_seconds,
+    "first_byte_delay": _to_seconds,
+    "body_delay": _to_seconds,
+    "cut": _to_int(0, 1 << 40),
+    "cut_mode": _to_choice("fin", "rst"),
+}
+
+
+def prompt_options(prompt: str) -> dict[str, str]:
+    """Raw options of the last `[[emu ...]]` directive in the prompt."""
+    matches = _DIRECTIVE_RE.findall(prompt)
+    if not matches:
+        return {}
+    options: dict[str, str] = {}
+    for pair in matches[-1].split():
+        key, _, value = pair.partition("=")
+        options[key] = value
+    return options
+
+
+def cookie_options(cookie: str) -> dict[str, str]:
+    """Raw options from cookies named `emu_<key>`."""
+    options: dict[str, str] = {}
+    for pair in cookie.split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep and name.startswith("emu_") and len(name) > 4:
+            options[name[4:]] = value.strip().strip('"')
+    return options
+
+
+def parse_options(raw: dict[str, str], chunk_size: int, delay: float) -> Options:
+    """Typed options; raises ValueError naming the offending key."""
+    options = Options(chunk_size=chunk_size, delay=delay)
+    for key, text in raw.items():
+        parser = _OPTION_PARSERS.get(key)
+        if parser is None:
+            raise ValueError(f"unknown option {key!r}")
+        try:
+            setattr(options, key, parser(text))
+        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"option {key}={text!r}: {exc}") from None
+    return options
+
+
+def reply_text(prompt: str, options: Options) -> str:
+    blocks = _REPLY_RE.findall(prompt)
+    if blocks:
+        text: str = blocks[-1]
+    elif options.reply_b64 is not None:
+        text = base64.b64decode(options.reply_b64).decode("utf-8")
+    else:
+        stripped = _DIRECTIVE_RE.sub("", _REPLY_RE.sub("", prompt))
+        lines = [line.strip() for line in stripped.splitlines() if line.strip()]
+        last = lines[-1][:_DEFAULT_LINE_CHARS] if lines else ""
+        text = _DEFAULT_REPLY_PREFIX + last
+    return text * options.repeat
+
+
+# --- body shaping ------------------------------------------------------------------------------
+
+
+def _split_at(data: bytes, cuts: set[int]) -> list[bytes]:
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(data)), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def body_pieces(reply: str, options: Options) -> tuple[str, list[bytes]]:
+    """Content-Type and the body split into the pieces written one HTTP chunk each."""
+    if options.format == "sse":
+        eol = _EOLS[options.eol]
+        size = options.chunk_size
+        texts = [reply[i : i + size] for i in range(0, len(reply), size)]
+        events = ["data: " + json.dumps({"text": t}, ensure_ascii=False) + eol + eol for t in texts]
+        events.append("data: [DONE]" + eol + eol)
+        content_type = "text/event-stream"
+        pieces = [event.encode() for event in events]
+    elif options.format == "json":
+        content_type = "application/json"
+        pieces = [json.dumps({"text": reply}, ensure_ascii=False).encode()]
+    else:
+        content_type = "text/plain; charset=utf-8"
+        data = reply.encode()
+        pieces = _split_at(data, set(range(options.chunk_size, len(data), options.chunk_size)))
+    if options.rechunk is not None:
+        data = b"".join(pieces)
+        pieces = _split_at(data, set(range(options.rechunk, len(data), options.rechunk)))
+    if options.split_utf8:
+        # A lead byte (0b11xxxxxx) starts a multibyte character: cut right after it.
+        pieces = [
+            part
+            for piece in pieces
+            for part in _split_at(piece, {i + 1 for i, byte in enumerate(piece) if byte >= 0xC0})
+        ]
+    return content_type, pieces
+
+
+# --- canned answers ----------------------------------------------------------------------------
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _json_bytes(obj: object) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _error_page(status: int) -> bytes:
+    title = f"{status} {_reason(status)}"
+    return (
+        f"<!DOCTYPE html>\n<html><head><title>{title}</title></head>\n"
+        f"<body><center><h1>{title}</h1></center><hr><center>nginx</center></body></html>\n"
+    ).encode()
+
+
+def _cf_page(ray: str) -> bytes:
+    return f"""<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title>\
+<meta http-equiv="Content-Type" content="text/html; charset=UTF-8"><meta http-equiv="X-UA-Compatible" \
+content="IE=Edge"><meta name="robots" content="noindex,nofollow"><meta name="viewport" \
+content="width=device-width,initial-scale=1"><style>*{{box-sizing:border-box;margin:0;padding:0}}\
+html{{line-height:1.15;font-family:system-ui,-apple-system,sans-serif}}</style>\
+<meta http-equiv="refresh" content="390"></head><body class="no-js"><div class="main-wrapper" role="main">\
+<div class="main-content"><h1 class="zone-name-title h1">gptomni.ai</h1><h2 class="h2" \
+id="challenge-running">Checking if the site connection is secure</h2><div id="cf-chl-widget-x7k2p" \
+class="cf-chl-widget"></div><noscript><div id="challenge-error-title"><div class="h2"><span \
+id="challenge-error-text">Enable JavaScript and cookies to continue</span></div></div></noscript>\
+<div id="challenge-body-text" class="core-msg spacer">gptomni.ai needs to review the security of your \
+connection before proceeding.</div></div></div><script>(function(){{window._cf_chl_opt={{cvId: '3',\
+cZone: "gptomni.ai",cType: 'managed',cRay: '{ray}',cH: 'Zm9vYmFyLWVtdWxhdG9y',\
+cUPMDTk: "\\/api\\/chatWithText?__cf_chl_tk=emu.{ray}-0-gaNycGzNDBA",cFPWv: 'g',cTTimeMs: '1000',\
+cMTimeMs: '390000',cTplC: 0,cTplV: 5,cTplB: 'cf',cK: "",\
+fa: "\\/api\\/chatWithText?__cf_chl_f_tk=emu.{ray}-0-gaNycGzNDBA",md: 'ZW11bGF0b3I',cRq: {{ru: \
+'aHR0cHM6Ly9ncHRvbW5pLmFpL2FwaS9jaGF0V2l0aFRleHQ=',ra: 'TW96aWxsYS81LjA=',rm: 'UE9TVA==',d: 'ZW11',\
+t: 'MTcwMDAwMDAwMC4wMDAwMDA=',cT: Math.floor(Date.now() / 1000),m: 'ZW11',i1: 'ZW11',i2: 'ZW11',\
+zh: 'ZW11',uh: 'ZW11',hh: 'ZW11'}}}};var cpo = document.createElement('script');\
+cpo.src = '/cdn-cgi/challenge-platform/h/g/orchestrate/chl_page/v1?ray={ray}';\
+window._cf_chl_opt.cOgUHash = location.hash === '' && location.href.indexOf('#') !== -1 ? '#' : \
+location.hash;if (window.history && window.history.replaceState) {{var ogU = location.pathname + \
+window._cf_chl_opt.cOgUQuery + window._cf_chl_opt.cOgUHash;}}\
+document.getElementsByTagName('head')[0].appendChild(cpo);}}());</script></body></html>""".encode()
+
+
+# --- stats -------------------------------------------------------------------------------------
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.connections = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.by_cookie: dict[str, int] = {}
+        self.request_times: dict[str, deque[float]] = {}
+        self.last_requests: deque[dict[str, Any]] = deque(maxlen=_LAST_REQUESTS)
+        self.max_in_flight = self.in_flight
+        self.completed = 0
+        self.cuts = 0
+        self.disconnects = 0
+        self.disconnect_times: deque[float] = deque(maxlen=_MAX_DISCONNECT_TIMES)
+        self.connections_total = 0
+
+    def record(self, request: Request, cookie: str, prompt: str | None, conn_id: int) -> None:
+        now = time.monotonic()
+        self.requests += 1
+        self.by_cookie[cookie] = self.by_cookie.get(cookie, 0) + 1
+        times = self.request_times.get(cookie)
+        if times is None:
+            times = self.request_times[cookie] = deque(maxlen=_TIMES_PER_COOKIE)
+        times.append(now)
+        self.last_requests.append(
+            {
+                "time": now,
+                "method": request.method,
+                "path": request.path,
+                "headers": request.headers,
+                "cookie": cookie,
+                "prompt": prompt,
+                "raw_body": request.body[: _RAW_BODY_CHARS * 4].decode("utf-8", "replace")[:_RAW_BODY_CHARS],
+                "conn": conn_id,
+            }
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "by_cookie": self.by_cookie,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "completed": self.completed,
+            "disconnects": self.disconnects,
+            "disconnect_times": list(self.disconnect_times),
+            "now": time.monotonic(),
+            "request_times": {cookie: list(times) for cookie, times in self.request_times.items()},
+            "last_requests": list(self.last_requests),
+            "cuts": self.cuts,
+            "connections": self.connections,
+            "connections_total": self.connections_total,
+        }
+
+
+class _Ticket:
+    """The accounting of one chat answer: settled exactly once, by whatever ends the answer first."""
+
+    __slots__ = ("_stats", "outcome")
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self.outcome: Outcome | None = None
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+
+    def settle(self, outcome: Outcome) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        stats = self._stats
+        stats.in_flight -= 1
+        if outcome == "completed":
+            stats.completed += 1
+        elif outcome == "gone":
+            stats.disconnects += 1
+            stats.disconnect_times.append(time.monotonic())
+        else:
+            stats.cuts += 1
+
+
+# --- HTTP/1.1 connection -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+
+
+def _decode_header(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class _Connection:
+    """Buffered reading of requests plus raw writes; the buffer is shared with the peer watcher."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.id = conn_id
+        self.buf = bytearray()
+
+    async def _fill(self) -> None:
+        data = await self.reader.read(_READ_SIZE)
+        if not data:
+            raise _PeerGone
+        self.buf += data
+
+    async def _read_until(self, sep: bytes, limit: int, what: str) -> bytes:
+        start = 0
+        while True:
+            index = self.buf.find(sep, start)
+            if index >= 0:
+                data = bytes(self.buf[:index])
+                del self.buf[: index + len(sep)]
+                return data
+            if len(self.buf) > limit:
+                raise _HttpError(431 if what == "head" else 400, f"{what} too long")
+            start = max(0, len(self.buf) - len(sep) + 1)
+            await self._fill()
+
+    async def _read_exactly(self, size: int) -> bytes:
+        while len(self.buf) < size:
+            await self._fill()
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
+
+    async def read_request(self) -> Request | None:
+        """The next request, or None when the client closed cleanly between requests."""
+        while True:
+            # Tolerate stray CRLFs between requests (RFC 9112 2.2).
+            while self.buf[:2] == b"\r\n":
+                del self.buf[:2]
+            if self.buf:
+                break
+            try:
+                await self._fill()
+            except (_PeerGone, ConnectionError):
+                return None
+        head = await self._read_until(b"\r\n\r\n", _MAX_HEAD, "head")
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            raise _HttpError(400, "bad request line")
+        method = parts[0].decode("ascii", "replace")
+        path = parts[1].decode("utf-8", "replace").split("?", 1)[0]
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise _HttpError(400, "bad header line")
+            key = name.decode("ascii", "replace").lower()
+            text = _decode_header(value.strip())
+            if key in headers:
+                headers[key] += ("; " if key == "cookie" else ", ") + text
+            else:
+                headers[key] = text
+        connection = headers.get("connection", "").lower()
+        keep_alive = "keep-alive" in connection if parts[2] == b"HTTP/1.0" else "close" not in connection
+        if headers.get("expect", "").lower() == "100-continue":
+            self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if "transfer-encoding" in headers:
+            if headers["transfer-encoding"].lower().replace(" ", "") != "chunked":
+                raise _HttpError(501, "unsupported transfer-encoding")
+            body = await self._read_chunked()
+        elif "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                raise _HttpError(400, "bad content-length") from None
+            if length < 0:
+                raise _HttpError(400, "bad content-length")
+            if length > _MAX_BODY:
+                raise _HttpError(413, "body too large")
+            body = await self._read_exactly(length)
+        else:
+            body = b""
+        return Request(method=method, path=path, headers=headers, body=body, keep_alive=keep_alive)
+
+    async def _read_chunked(self) -> bytes:
+        body = bytearray()
+        while True:
+            line = await self._read_until(b"\r\n", _MAX_LINE, "chunk size line")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _HttpError(400, "bad chunk size") from None
+            if size < 0 or len(body) + size > _MAX_BODY:
+                raise _HttpError(413, "body too large")
+            if size == 0:
+                while await self._read_until(b"\r\n", _MAX_LINE, "trailer"):
+                    pass
+                return bytes(body)
+            body += await self._read_exactly(size)
+            if await self._read_exactly(2) != b"\r\n":
+                raise _HttpError(400, "bad chunk terminator")
+
+    async def wait_gone(self) -> None:
+        """Return once the client closes or resets; bytes it pipelines meanwhile stay buffered."""
+        try:
+            while len(self.buf) < _MAX_PIPELINED:
+                data = await self.reader.read(_READ_SIZE)
+                if not data:
+                    return
+                self.buf += data
+        except (ConnectionError, OSError):
+            return
+        await asyncio.get_running_loop().create_future()
+
+    async def send(self, data: bytes) -> None:
+        # Writing to a closing transport only logs warnings; report it as the disconnect it is.
+        if self.writer.transport.is_closing():
+            raise _PeerGone
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send_last(self, data: bytes, ticket: _Ticket) -> None:
+        """Write an answer's final bytes and settle it before yielding.
+
+        A client that has just read the end and then asks for /_emu/stats must already see it counted.
+        """
+        if self.writer.transport.is_closing():
+            raise _PeerGone
+        self.writer.write(data)
+        ticket.settle("completed")
+        await self.writer.drain()
+
+    async def flush_and_cut(self, mode: str, ticket: _Ticket) -> None:
+        transport = self.writer.transport
+        # The bytes before the cut must reach the client; a zero high-water mark makes drain() wait
+        # for an empty buffer. A client that stops reading does not hold the cut up for long.
+        transport.set_write_buffer_limits(high=0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.writer.drain()
+        ticket.settle("cut")
+        if mode == "rst":
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
+
+
+def _head(status: int, headers: Sequence[tuple[str, str]], keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_reason(status)}", "Date: " + email.utils.formatdate(usegmt=True)]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if not keep_alive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _full_response(
+    status: int,
+    body: bytes,
+    content_type: str,
+    keep_alive: bool,
+    extra: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra]
+    return _head(status, headers, keep_alive) + body
+
+
+def _json_response(status: int, obj: object, keep_alive: bool) -> bytes:
+    return _full_response(status, _json_bytes(obj), "application/json", keep_alive)
+
+
+# --- server ------------------------------------------------------------------------------------
+
+
+class Emulator:
+    """The emulator server; `start()` binds, `close()` stops it and drops every connection."""
+
+    def __init__(
+        self, chunk_delay: float = DEFAULT_CHUNK_DELAY, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.chunk_delay = chunk_delay
+        self.chunk_size = chunk_size
+        self.stats = Stats()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._next_conn_id = 0
+        self._next_ray = 0x8E1F2C3D4B5A0000
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("emulator not started")
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        self._server = await asyncio.start_server(
+            self._handle, host, port, backlog=4096, limit=_READ_SIZE, reuse_address=True
+        )
+        return self.address
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self._next_conn_id += 1
+        conn = _Connection(reader, writer, self._next_conn_id)
+        self.stats.connections += 1
+        self.stats.connections_total += 1
+        try:
+            while True:
+                request = await conn.read_request()
+                if request is None or not await self._dispatch(conn, request):
+                    break
+        except _HttpError as exc:
+            with contextlib.suppress(_PeerGone, ConnectionError, OSError):
+                await conn.send(_json_response(exc.status, {"error": exc.message}, keep_alive=False))
+        except (_PeerGone, ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            # Shutdown. Ending normally matters: Python 3.11's start_server callback calls
+            # task.exception() on the handler task, which raises for a cancelled one.
+            pass
+        finally:
+            self.stats.connections -= 1
+            writer.close()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _dispatch(self, conn: _Connection, request: Request) -> bool:
+        """Answer one request; False when the connection must end."""
+        if request.path == CHAT_PATH and request.method == "POST":
+            return await self._chat(conn, request)
+        route = (request.method, request.path)
+        if route == ("GET", "/_emu/health"):
+            await conn.send(_json_response(200, {"ok": True}, request.keep_alive))
+        elif route == ("GET", "/_emu/stats"):
+            await conn.send(_json_response(200, self.stats.as_json(), request.keep_alive))
+        elif route == ("POST", "/_emu/reset"):
+            self.stats.reset()
+            await conn.send(_json_response(200, {"ok": True}, request.keep_alive))
+        else:
+            body = {"error": "not found", "method": request.method, "path": request.path}
+            await conn.send(_json_response(404, body, request.keep_alive))
+        return request.keep_alive
+
+    async def _chat(self, conn: _Connection, request: Request) -> bool:
+        cookie = request.headers.get("cookie", "")
+        prompt: str | None = None
+        try:
+            payload = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("prompt"), str):
+            prompt = payload["prompt"]
+        self.stats.record(request, cookie, prompt, conn.id)
+        ticket = _Ticket(self.stats)
+        try:
+            await self._watched(conn, self._answer(conn, ticket, request, cookie.strip(), prompt))
+        finally:
+            ticket.settle("gone")
+        return ticket.outcome == "completed" and request.keep_alive
+
+    async def _watched(self, conn: _Connection, answer_coro: Coroutine[Any, Any, None]) -> None:
+        """Run the answer while watching the client, so a disconnect stops it even during silences.
+
+        Returns when the answer ended or the client went away; the caller settles the rest as gone.
+        """
+        answer = asyncio.ensure_future(answer_coro)
+        watcher = asyncio.ensure_future(conn.wait_gone())
+        try:
+            await asyncio.wait((answer, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answer, watcher):
+                task.cancel()
+            # The watcher must be finished before the next read on this connection.
+            await asyncio.wait((answer, watcher))
+        if answer.cancelled():
+            return
+        exc = answer.exception()
+        if exc is not None and not isinstance(exc, (_PeerGone, ConnectionError, OSError)):
+            raise exc
+
+    async def _answer(
+        self, conn: _Connection, ticket: _Ticket, request: Request, cookie: str, prompt: str | None
+    ) -> None:
+        keep_alive = request.keep_alive
+        if not cookie:
+            await conn.send_last(_json_response(401, {"error": "Unauthorized"}, keep_alive), ticket)
+            return
+        if prompt is None:
+            await conn.send_last(_json_response(400, {"error": "bad request"}, keep_alive), ticket)
+            return
+        try:
+            raw = prompt_options(prompt) | cookie_options(cookie)
+            options = parse_options(raw, self.chunk_size, self.chunk_delay)
+            reply = reply_text(prompt, options)
+        except ValueError as exc:
+            body = {"error": "bad emu option", "detail": str(exc)}
+            await conn.send_last(_json_response(400, body, keep_alive), ticket)
+            return
+        if options.first_byte_delay:
+            await asyncio.sleep(options.first_byte_delay)
+        if options.cf:
+            cf_status = options.status if options.status != 200 else 403
+            await conn.send_last(self._cf_response(cf_status, keep_alive), ticket)
+        elif options.status != 200:
+            await conn.send_last(_status_response(options, keep_alive), ticket)
+        else:
+            await self._stream(conn, ticket, options, reply, keep_alive)
+
+    def _cf_response(self, status: int, keep_alive: bool) -> bytes:
+        self._next_ray += 1
+        ray = f"{self._next_ray:016x}"
+        headers = [
+            ("Server", "cloudflare"),
+            ("cf-mitigated", "challenge"),
+            ("cf-ray", f"{ray}-SJC"),
+            ("Cache-Control", "private, max-age=0, no-store, no-cache, must-revalidate, post-check=0"),
+            ("Cross-Origin-Embedder-Policy", "require-corp"),
+            ("Permissions-Policy", "accelerometer=(),camera=(),geolocation=(),microphone=(),usb=()"),
+            ("X-Frame-Options", "SAMEORIGIN"),
+        ]
+        return _full_response(status, _cf_page(ray), "text/html; charset=UTF-8", keep_alive, headers)
+
+    async def _stream(
+        self, conn: _Connection, ticket: _Ticket, options: Options, reply: str, keep_alive: bool
+    ) -> None:
+        content_type, pieces = body_pieces(reply, options)
+        delay = options.delay
+        if options.duration is not None:
+            delay = options.duration / max(1, len(pieces) - 1)
+        headers = [
+            ("Content-Type", content_type),
+            ("Transfer-Encoding", "chunked"),
+            ("Cache-Control", "no-cache"),
+        ]
+        await conn.send(_head(200, headers, keep_alive))
+        if options.body_delay:
+            await asyncio.sleep(options.body_delay)
+        cut = options.cut
+        sent = 0
+        for index, piece in enumerate(pieces):
+            if index and delay:
+                await asyncio.sleep(delay)
+            if cut is not None and sent + len(piece) >= cut:
+                part = piece[: cut - sent]
+                if part:
+                    await conn.send(b"%x\r\n%b\r\n" % (len(part), part))
+                await conn.flush_and_cut(options.cut_mode, ticket)
+                return
+            await conn.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+            sent += len(piece)
+        if cut is not None:
+            await conn.flush_and_cut(options.cut_mode, ticket)
+            return
+        await conn.send_last(b"0\r\n\r\n", ticket)
+
+
+def _status_response(options: Options, keep_alive: bool) -> bytes:
+    status = options.status
+    if status >= 500:
+        return _full_response(status, _error_page(status), "text/html", keep_alive)
+    if status == 401:
+        return _json_response(status, {"error": "Unauthorized"}, keep_alive)
+    if status == 403:
+        return _json_response(status, {"message": "Forbidden"}, keep_alive)
+    if status == 429:
+        body = _json_bytes({"error": "Too Many Requests"})
+        extra = [("Retry-After", str(options.retry_after))]
+        return _full_response(status, body, "application/json", keep_alive, extra)
+    return _json_response(status, {"error": _reason(status)}, keep_alive)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    chunk_delay: float = DEFAULT_CHUNK_DELAY,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> None:
+    """Run until cancelled; announces the bound address on stdout once listening."""
+    emulator = Emulator(chunk_delay=chunk_delay, chunk_size=chunk_size)
+    bound_host, bound_port = await emulator.start(host, port)
+    sys.stdout.write(f"EMULATOR_LISTENING {bound_host}:{bound_port}\n")
+    sys.stdout.flush()
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        await emulator.close()
+
+
+async def _serve_until_signal(args: argparse.Namespace) -> None:
+    task = asyncio.ensure_future(serve(args.host, args.port, args.chunk_delay, args.chunk_size))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _raise_fd_limit() -> None:
+    # 1,000 concurrent connections need more descriptors than some default soft limits allow.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="gptomni.ai upstream emulator (see module docstring)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--chunk-delay", type=float, default=DEFAULT_CHUNK_DELAY, help="seconds between pieces"
+    )
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per piece")
+    parser.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    args = parser.parse_args(argv)
+    if args.chunk_size < 1:
+        parser.error("--chunk-size must be >= 1")
+    _raise_fd_limit()
+    try:
+        if args.no_uvloop:
+            raise ImportError
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve_until_signal(args))
+    else:
+        uvloop.run(_serve_until_signal(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
