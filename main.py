@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from pydantic import ValidationError
-
-from app.config import Settings
+from app.config import ConfigError, load_settings
 from app.server import create_app
 
-
-def _load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        # Name the setting and the problem, never the value: it may be a cookie or a key.
-        for error in exc.errors(include_input=False, include_url=False):
-            name = "_".join(str(p) for p in error["loc"]).upper()
-            message = str(error["msg"]).removeprefix("Value error, ")
-            sys.stderr.write(f"gptomni-2api: configuration error: {name + ': ' if name else ''}{message}\n")
-        raise SystemExit(2) from None
-
-
-settings = _load_settings()
+try:
+    settings = load_settings()
+except ConfigError as exc:
+    sys.stderr.write(f"gptomni-2api: configuration error: {exc}\n")
+    raise SystemExit(2) from None
 app = create_app(settings)
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -219,3 +219,18 @@ class Settings(BaseSettings):
         table = {model: model for model in self.served_models}
         table.update(self.model_aliases)
         return table
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a ConfigError that names each bad setting and why.
+
+    Never the value: pydantic's own message would quote it, and it may be a cookie or a key."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = "_".join(str(p) for p in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {message}" if name else message)
+        raise ConfigError("; ".join(problems)) from None

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.api import health_routes, openai_routes
 from app.api.errors import install_error_handlers
 from app.chat.service import ChatService
-from app.config import Settings
+from app.config import Settings, load_settings
 from app.credentials.pool import CredentialPool
 from app.logs import configure_logging, register_secret
 from app.upstream.gptomni import GptomniClient
@@ -21,7 +21,7 @@ log = logging.getLogger("gptomni2api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     configure_logging(settings.log_level)
     if settings.api_master_key is not None:
         register_secret(settings.api_master_key.get_secret_value())

@@ -43,7 +43,16 @@ class Emulator:
         self.log_path = workdir / "emulator.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(EMULATOR), "--host", "127.0.0.1", "--port", "0", "--chunk-delay", str(chunk_delay)],
+            [
+                sys.executable,
+                str(EMULATOR),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--chunk-delay",
+                str(chunk_delay),
+            ],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,

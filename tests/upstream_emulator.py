@@ -624,6 +624,7 @@ class Emulator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_conn_id = 0
+        self._closing = False
         self._next_ray = 0x8E1F2C3D4B5A0000
 
     @property
@@ -644,6 +645,7 @@ class Emulator:
         return self.address
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         tasks = list(self._tasks)
@@ -656,6 +658,10 @@ class Emulator:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            # Accepted just before close() took its snapshot of handler tasks: nobody would cancel it.
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -679,7 +685,10 @@ class Emulator:
             pass
         finally:
             self.stats.connections -= 1
-            writer.close()
+            if self._closing:
+                writer.transport.abort()  # do not wait at shutdown for a client that stopped reading
+            else:
+                writer.close()
             if task is not None:
                 self._tasks.discard(task)
 

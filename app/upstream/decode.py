@@ -53,8 +53,11 @@ def extract_text(payload: Any) -> str | None:
 
 
 def error_in(payload: Any) -> str | None:
-    """A short, secret-free description if the payload is an error object."""
-    if not isinstance(payload, dict) or extract_text(payload) is not None:
+    """A short, secret-free description if the payload is an error object.
+
+    Any truthy `error` counts, even beside text: `{"error": "Unauthorized", "message": "Session
+    expired"}` is an error whose message is not answer text."""
+    if not isinstance(payload, dict):
         return None
     error = payload.get("error")
     if error is None or error is False:

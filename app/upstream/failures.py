@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 
+_DELTA_SECONDS = re.compile(r"\d{1,9}(?:\.\d+)?")  # not "inf", "nan" or "-5", which float() takes
 _CF_BODY = re.compile(rb"cf-chl|_cf_chl_opt|challenge-platform|<title>\s*Just a moment", re.IGNORECASE)
 
 
@@ -67,9 +68,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    try:
+    if _DELTA_SECONDS.fullmatch(value):
         seconds = float(value)
-    except ValueError:
+    else:
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):

@@ -23,7 +23,11 @@ EXPIRED = "session=expired-cookie-cccccccccccccccccc; emu_status=401"
 def scripted(reply: str, **options: Any) -> str:
     """A user message that makes the emulator answer `reply` with the given options."""
     directive = " ".join(f"{k}={v}" for k, v in options.items())
-    return f"[[emu {directive}]]\n<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>" if directive else f"<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>"
+    return (
+        f"[[emu {directive}]]\n<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>"
+        if directive
+        else f"<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>"
+    )
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -86,7 +90,9 @@ def assert_envelope(response: httpx.Response, status: int, code: str | None = No
 def test_stream_arrives_in_pieces_with_one_id_and_a_stop(client: openai.OpenAI) -> None:
     reply = "The quick brown fox jumps over the lazy dog. " * 3
     chunks = list(
-        client.chat.completions.create(model="gptomni", messages=user(scripted(reply, chunk_size=10)), stream=True)
+        client.chat.completions.create(
+            model="gptomni", messages=user(scripted(reply, chunk_size=10)), stream=True
+        )
     )
     content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(content_chunks) > 5  # relayed as it came, not one lump
@@ -109,7 +115,9 @@ def test_non_streaming_answer(client: openai.OpenAI) -> None:
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None
     assert completion.usage.completion_tokens > 0 and completion.usage.prompt_tokens > 0
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert (
+        completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
 
 
 def test_alias_is_echoed_back(client: openai.OpenAI) -> None:
@@ -141,7 +149,10 @@ def test_history_reaches_the_upstream_in_one_prompt(gateway: Gateway, emulator: 
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "first question"},
             {"role": "assistant", "content": "first answer"},
-            {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "question"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "question"}],
+            },
         ],
     )
     request = emulator.stats()["last_requests"][-1]
@@ -212,7 +223,9 @@ def test_wrong_or_missing_key_is_401(gateway: Gateway) -> None:
 
 
 def test_x_api_key_header_is_accepted(gateway: Gateway) -> None:
-    response = post(gateway, {"model": "gptomni", "messages": user("hi")}, key=None, headers={"x-api-key": MASTER_KEY})
+    response = post(
+        gateway, {"model": "gptomni", "messages": user("hi")}, key=None, headers={"x-api-key": MASTER_KEY}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -226,7 +239,10 @@ def test_x_api_key_header_is_accepted(gateway: Gateway) -> None:
         ({"model": "gptomni", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"model": "gptomni", "messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
         ({"model": "gptomni", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
-        ({"model": "gptomni", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
+        (
+            {"model": "gptomni", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+            "temperature",
+        ),
     ],
 )
 def test_bad_requests_are_400_naming_the_field(gateway: Gateway, body: Any, param: str | None) -> None:
@@ -257,7 +273,9 @@ def test_unknown_model_is_404(client: openai.OpenAI, gateway: Gateway) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-17", messages=user("hi"))
     assert caught.value.code == "model_not_found"
-    assert_envelope(httpx.get(f"{gateway.url}/v1/nope", headers={"Authorization": f"Bearer {MASTER_KEY}"}), 404)
+    assert_envelope(
+        httpx.get(f"{gateway.url}/v1/nope", headers={"Authorization": f"Bearer {MASTER_KEY}"}), 404
+    )
 
 
 def test_models_list_and_get(client: openai.OpenAI) -> None:
@@ -312,7 +330,9 @@ def test_cut_off_non_stream_is_502(fresh: Gateway) -> None:
 
 
 def test_slow_first_byte_times_out_as_502(start_gateway: Any, emulator: Emulator) -> None:
-    gw = start_gateway(gateway_settings(emulator, [GOOD], UPSTREAM_FIRST_BYTE_TIMEOUT="0.5", UPSTREAM_MAX_ATTEMPTS="1"))
+    gw = start_gateway(
+        gateway_settings(emulator, [GOOD], UPSTREAM_FIRST_BYTE_TIMEOUT="0.5", UPSTREAM_MAX_ATTEMPTS="1")
+    )
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
         gw.openai().chat.completions.create(model="gptomni", messages=user(scripted("x", first_byte_delay=5)))
