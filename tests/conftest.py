@@ -74,6 +74,11 @@ class Emulator:
     def reset(self) -> None:
         httpx.post(f"{self.url}/_emu/reset", timeout=5).raise_for_status()
 
+    def fault(self, match: str, **options: Any) -> None:
+        """Make every request whose cookie contains `match` behave per `options` ({} clears)."""
+        body = {"match": match, "options": {k: str(v) for k, v in options.items()}}
+        httpx.post(f"{self.url}/_emu/faults", json=body, timeout=5).raise_for_status()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

@@ -39,6 +39,9 @@ POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie head
   counts as a disconnect.
 
 GET /_emu/health -> {"ok": true}     POST /_emu/reset -> {"ok": true}     anything else -> 404 JSON
+POST /_emu/faults {"match": "<part of a cookie>", "options": {"status": "401"}} -> options applied to
+  every request whose Cookie contains `match`, over all others (a cookie that expires, then is
+  refreshed: send {} as options to clear it). reset clears all faults.
 GET /_emu/stats  -> {requests, by_cookie, in_flight, max_in_flight, completed, disconnects,
   disconnect_times, now, request_times, last_requests, plus (extra) cuts, connections, connections_total}.
   Times are time.monotonic(). reset zeroes everything except the live gauges in_flight/connections.
@@ -621,6 +624,7 @@ class Emulator:
         self.chunk_delay = chunk_delay
         self.chunk_size = chunk_size
         self.stats = Stats()
+        self.faults: dict[str, dict[str, str]] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next_conn_id = 0
@@ -703,7 +707,23 @@ class Emulator:
             await conn.send(_json_response(200, self.stats.as_json(), request.keep_alive))
         elif route == ("POST", "/_emu/reset"):
             self.stats.reset()
+            self.faults.clear()
             await conn.send(_json_response(200, {"ok": True}, request.keep_alive))
+        elif route == ("POST", "/_emu/faults"):
+            try:
+                spec = json.loads(request.body.decode("utf-8"))
+                match, options = (
+                    str(spec["match"]),
+                    {str(k): str(v) for k, v in dict(spec["options"]).items()},
+                )
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                await conn.send(_json_response(400, {"error": "bad faults spec"}, request.keep_alive))
+                return request.keep_alive
+            if options:
+                self.faults[match] = options
+            else:
+                self.faults.pop(match, None)
+            await conn.send(_json_response(200, {"ok": True, "faults": self.faults}, request.keep_alive))
         else:
             body = {"error": "not found", "method": request.method, "path": request.path}
             await conn.send(_json_response(404, body, request.keep_alive))
@@ -758,6 +778,9 @@ class Emulator:
             return
         try:
             raw = prompt_options(prompt) | cookie_options(cookie)
+            for match, fault in self.faults.items():
+                if match in cookie:
+                    raw |= fault
             options = parse_options(raw, self.chunk_size, self.chunk_delay)
             reply = reply_text(prompt, options)
         except ValueError as exc:

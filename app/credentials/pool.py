@@ -7,12 +7,18 @@ Time is injected (`clock`), so the state machine is tested without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from aiolimiter import AsyncLimiter
+
+from app.logs import register_secret
 from app.upstream.failures import FailureKind, UpstreamFailure
 
 
@@ -28,6 +34,16 @@ class PoolPolicy:
     rate_limit_cooldown: float = 60.0  # seconds a 429 rests when the upstream gives no Retry-After
     failure_threshold: int = 3  # consecutive 5xx / connect / time-out / cut-off failures before cooling
     failure_cooldown: float = 30.0
+    max_in_flight: int = 0  # concurrent uses of one credential; 0: no cap
+    rate: tuple[int, float] | None = None  # (requests, seconds) per credential, aiolimiter's leaky bucket
+
+
+class PoolSaturated(Exception):
+    """Every usable credential is at its rate limit or concurrency cap, past the wait allowed."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"every credential is at its limit; retry in {retry_after:.1f} s")
+        self.retry_after = retry_after
 
 
 def credential_id(cookie: str) -> str:
@@ -53,6 +69,8 @@ class Credential:
     last_error: str | None = None
     last_used: float | None = None  # wall-clock seconds
     in_flight: int = 0
+    changed_at: float = 0.0  # wall-clock time of the last state or membership change
+    limiter: AsyncLimiter | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -111,8 +129,18 @@ class CredentialPool:
         self._wall_clock = wall_clock
         self._credentials: list[Credential] = []
         self._next = 0
+        self._released = asyncio.Event()
+        self.removed: dict[str, float] = {}  # id -> wall-clock time of its removal (for the file)
+        # Called after a membership or state change (not after counters): persistence hooks in here.
+        self.on_change: Callable[[], None] | None = None
         for cookie in cookies:
             self.add(cookie)
+
+    def _changed(self, credential: Credential | None = None) -> None:
+        if credential is not None:
+            credential.changed_at = self._wall_clock()
+        if self.on_change is not None:
+            self.on_change()
 
     # --- membership ---------------------------------------------------------------------------
     def add(self, cookie: str) -> tuple[Credential, bool]:
@@ -123,9 +151,17 @@ class CredentialPool:
         existing = self.get(credential_id(cookie))
         if existing is not None:
             return existing, False
-        credential = Credential(cookie=cookie)
-        self._credentials.append(credential)
+        credential = Credential(cookie=cookie, changed_at=self._wall_clock())
+        self.removed.pop(credential.id, None)
+        self._attach(credential)
+        self._changed()
         return credential, True
+
+    def _attach(self, credential: Credential) -> None:
+        register_secret(credential.cookie)
+        if self.policy.rate is not None and credential.limiter is None:
+            credential.limiter = AsyncLimiter(*self.policy.rate)
+        self._credentials.append(credential)
 
     def remove(self, credential_id_: str) -> bool:
         for index, credential in enumerate(self._credentials):
@@ -133,6 +169,8 @@ class CredentialPool:
                 del self._credentials[index]
                 if index < self._next:
                     self._next -= 1
+                self.removed[credential_id_] = self._wall_clock()
+                self._changed()
                 return True
         return False
 
@@ -160,23 +198,73 @@ class CredentialPool:
                 credential.cooling_until = None
                 credential.consecutive_failures = 0
 
+    def _has_room(self, credential: Credential) -> bool:
+        if self.policy.max_in_flight and credential.in_flight >= self.policy.max_in_flight:
+            return False
+        return credential.limiter is None or credential.limiter.has_capacity()
+
     def acquire(self, exclude: set[str] | frozenset[str] = frozenset()) -> Credential | None:
-        """The next active credential in round-robin order, skipping `exclude`; None if none."""
+        """The next active credential with room, in round-robin order, skipping `exclude`.
+
+        Synchronous, so no other request can take the same slot between the check and the take.
+        A credential with a rate limit must then have `limiter.acquire()` awaited before any other
+        await (see `acquire_wait`); it does not suspend, since `has_capacity` said yes.
+        """
         self._refresh()
         count = len(self._credentials)
         for step in range(count):
             index = (self._next + step) % count
             credential = self._credentials[index]
-            if credential.state is CredentialState.ACTIVE and credential.id not in exclude:
+            if (
+                credential.state is CredentialState.ACTIVE
+                and credential.id not in exclude
+                and self._has_room(credential)
+            ):
                 self._next = (index + 1) % count
                 credential.in_flight += 1
                 credential.last_used = self._wall_clock()
                 return credential
         return None
 
+    def _blocked_by_limits(self, exclude: set[str] | frozenset[str]) -> bool:
+        """Whether some usable credential is only held back by its rate limit or its cap."""
+        return any(c.state is CredentialState.ACTIVE and c.id not in exclude for c in self._credentials)
+
+    def _time_to_room(self) -> float:
+        if self.policy.rate is None:
+            return 0.0
+        requests, seconds = self.policy.rate
+        return seconds / requests  # one request's worth leaks out of a full bucket in this time
+
+    async def acquire_wait(self, exclude: set[str] | frozenset[str], wait: float) -> Credential | None:
+        """`acquire`, waiting up to `wait` seconds while credentials are only held back by limits.
+
+        None when no usable credential exists at all; PoolSaturated when the wait runs out.
+        """
+        deadline = self._clock() + wait
+        while True:
+            credential = self.acquire(exclude)
+            if credential is not None:
+                if credential.limiter is not None:
+                    await credential.limiter.acquire()
+                return credential
+            if not self._blocked_by_limits(exclude):
+                return None
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise PoolSaturated(max(1.0, self._time_to_room()))
+            self._released.clear()
+            # Wake on a release (a cap frees up) or after a short while (a bucket leaks).
+            try:
+                async with asyncio.timeout(min(remaining, 0.05)):
+                    await self._released.wait()
+            except TimeoutError:
+                pass
+
     def release(self, credential: Credential) -> None:
         """One use of `credential` is over (whatever its outcome; see `record`)."""
         credential.in_flight = max(0, credential.in_flight - 1)
+        self._released.set()
 
     def record(self, credential: Credential, failure: UpstreamFailure | None) -> None:
         """The outcome of one use: None when it answered in full, else the failure."""
@@ -193,16 +281,71 @@ class CredentialPool:
             credential.consecutive_failures += 1
         if self.get(credential.id) is None:
             return  # removed while in use: nothing to change
+        before = (credential.state, credential.cooling_until)
         credential.state = transition.state
         if transition.state is CredentialState.COOLING:
             credential.cooling_until = self._clock() + (transition.cooldown or 0.0)
         else:
             credential.cooling_until = None
+        if (credential.state, credential.cooling_until) != before:
+            self._changed(credential)
 
     def reset(self, credential: Credential) -> None:
         credential.state = CredentialState.ACTIVE
         credential.cooling_until = None
         credential.consecutive_failures = 0
+        self._changed(credential)
+
+    # --- persistence ----------------------------------------------------------------------------
+    def cooling_until_wall(self, credential: Credential) -> float | None:
+        if credential.cooling_until is None:
+            return None
+        return self._wall_clock() + (credential.cooling_until - self._clock())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Each credential's cookie and state, with wall-clock times (for a file)."""
+        self._refresh()
+        return [
+            {
+                "cookie": c.cookie,
+                "state": c.state.value,
+                "cooling_until": self.cooling_until_wall(c),
+                "changed_at": c.changed_at,
+                "last_error": c.last_error,
+            }
+            for c in self._credentials
+        ]
+
+    def adopt(self, records: Iterable[dict[str, Any]], removed: dict[str, float]) -> None:
+        """Take in what another process (or an earlier run) stored: cookies it added, states it
+        saw later than we did, and removals. Does not call `on_change`."""
+        now_wall, now = self._wall_clock(), self._clock()
+        for record in records:
+            cookie = str(record["cookie"])
+            changed_at = float(record.get("changed_at") or 0.0)
+            credential = self.get(credential_id(cookie))
+            if credential is None:
+                id_ = credential_id(cookie)
+                # Our own removal counts too: a stale record must not bring back what we removed.
+                if max(removed.get(id_, -math.inf), self.removed.get(id_, -math.inf)) >= changed_at:
+                    continue
+                credential = Credential(cookie=cookie, changed_at=changed_at)
+                self._attach(credential)
+            elif credential.changed_at >= changed_at:
+                continue
+            credential.state = CredentialState(record.get("state", "active"))
+            until = record.get("cooling_until")
+            credential.cooling_until = now + (float(until) - now_wall) if until is not None else None
+            if credential.state is CredentialState.COOLING and credential.cooling_until is None:
+                credential.state = CredentialState.ACTIVE
+            credential.last_error = record.get("last_error") or credential.last_error
+            credential.changed_at = changed_at
+        for id_, removed_at in removed.items():
+            self.removed[id_] = max(removed_at, self.removed.get(id_, removed_at))
+            credential = self.get(id_)
+            if credential is not None and credential.changed_at <= removed_at:
+                self._credentials.remove(credential)
+                self._next = 0
 
     # --- reporting ----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -1,0 +1,162 @@
+"""The credential pool on disk: one JSON file, written atomically and merged across processes.
+
+A write goes to a temporary file in the same folder, is flushed to disk, and renamed over the old
+one, so a crash mid-write leaves the old file whole. Several processes (uvicorn workers, Compose
+replicas on one volume) share the file: each write happens under an exclusive `flock`, merging what
+is on disk with what this process knows, record by record, the newer change winning; removals are
+kept as tombstones so a removed cookie stays removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.credentials.pool import CredentialPool, credential_id
+
+VERSION = 1
+
+
+class StoreError(Exception):
+    """The credentials file cannot be used; the message names it and says why (never a cookie)."""
+
+
+@dataclass
+class StoreData:
+    credentials: list[dict[str, Any]] = field(default_factory=list)
+    removed: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, "credentials": self.credentials, "removed": self.removed}
+
+
+def parse_store(text: str, path: Path) -> StoreData:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(
+            f"credentials file {path} is not valid JSON (line {exc.lineno}): fix or remove it"
+        ) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("credentials"), list):
+        raise StoreError(f"credentials file {path} is not a credentials file (no 'credentials' list)")
+    credentials = []
+    for index, record in enumerate(raw["credentials"]):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("cookie"), str)
+            or not record["cookie"].strip()
+        ):
+            raise StoreError(f"credentials file {path}: entry {index} has no cookie string")
+        if record.get("state", "active") not in ("active", "cooling", "invalid"):
+            raise StoreError(f"credentials file {path}: entry {index} has an unknown state")
+        for key in ("changed_at", "cooling_until"):
+            value = record.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise StoreError(f"credentials file {path}: entry {index} has a '{key}' that is not a time")
+        if not isinstance(record.get("last_error"), (str, type(None))):
+            raise StoreError(f"credentials file {path}: entry {index} has a 'last_error' that is not text")
+        credentials.append(record)
+    removed = raw.get("removed") or {}
+    if not isinstance(removed, dict) or not all(isinstance(v, (int, float)) for v in removed.values()):
+        raise StoreError(f"credentials file {path}: 'removed' must map ids to times")
+    return StoreData(credentials, {str(k): float(v) for k, v in removed.items()})
+
+
+def merge(older: StoreData, newer: StoreData) -> StoreData:
+    """Both sides record by record: the later `changed_at` wins; a tombstone later than a record
+    drops it. `newer` wins ties (it is this process's view)."""
+    removed = dict(older.removed)
+    for id_, at in newer.removed.items():
+        removed[id_] = max(at, removed.get(id_, at))
+    records: dict[str, dict[str, Any]] = {}
+    for record in [*older.credentials, *newer.credentials]:
+        id_ = credential_id(record["cookie"])
+        current = records.get(id_)
+        if current is None or float(record.get("changed_at") or 0) >= float(current.get("changed_at") or 0):
+            records[id_] = record
+    kept = [r for id_, r in records.items() if float(r.get("changed_at") or 0) > removed.get(id_, -math.inf)]
+    return StoreData(kept, removed)
+
+
+def pool_data(pool: CredentialPool) -> StoreData:
+    return StoreData(pool.snapshot(), dict(pool.removed))
+
+
+class CredentialStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._seen: tuple[int, int] | None = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def _read(self) -> StoreData | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"credentials file {self.path} cannot be read: {exc.strerror}") from None
+        return parse_store(text, self.path)
+
+    def load(self) -> StoreData | None:
+        """What is on disk; None when there is no file yet. Raises StoreError when it is corrupt."""
+        with self._locked():
+            data = self._read()
+            self._seen = self._stat()
+            return data
+
+    def changed(self) -> bool:
+        """Whether another process wrote the file since this one last read or wrote it."""
+        return self._stat() != self._seen
+
+    def save(self, local: StoreData) -> StoreData:
+        """Merge `local` into the file, atomically; returns what was written."""
+        with self._locked():
+            try:
+                on_disk = self._read() or StoreData()
+            except StoreError:
+                on_disk = StoreData()  # a file broken after start-up is replaced by what we know
+            merged = merge(on_disk, local)
+            payload = json.dumps(merged.to_json(), ensure_ascii=False, indent=2).encode("utf-8")
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(payload)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, 0o600)  # it holds cookies
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # make the rename itself durable
+            finally:
+                os.close(dir_fd)
+            self._seen = self._stat()
+            return merged

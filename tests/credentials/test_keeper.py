@@ -1,0 +1,279 @@
+"""PoolKeeper: start-up from the file and the settings, coalesced saves, and adopting other writers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.credentials.keeper import PoolKeeper
+from app.credentials.pool import CredentialPool, CredentialState, credential_id
+from app.credentials.store import CredentialStore, StoreData, StoreError
+from app.upstream.failures import FailureKind, UpstreamFailure
+
+A = "session-token=AAAA-keeper-cookie-0001"
+B = "session-token=BBBB-keeper-cookie-0002"
+C = "session-token=CCCC-keeper-cookie-0003"
+D = "session-token=DDDD-keeper-cookie-0004"
+WALL = 1_700_000_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_keeper(path: Path | None, wall: float | Clock = WALL) -> tuple[PoolKeeper, CredentialPool]:
+    pool = CredentialPool(clock=Clock(500.0), wall_clock=wall if isinstance(wall, Clock) else Clock(wall))
+    return PoolKeeper(pool, CredentialStore(path) if path is not None else None), pool
+
+
+def count_saves(store: CredentialStore) -> list[StoreData]:
+    """Wrap `store.save` so each call is recorded."""
+    calls: list[StoreData] = []
+    real: Callable[[StoreData], StoreData] = store.save
+
+    def save(local: StoreData) -> StoreData:
+        calls.append(local)
+        return real(local)
+
+    store.save = save  # type: ignore[method-assign]
+    return calls
+
+
+def file_cookies(path: Path) -> set[str]:
+    return {r["cookie"] for r in json.loads(path.read_text())["credentials"]}
+
+
+def states(pool: CredentialPool) -> dict[str, str]:
+    return {c.cookie: c.state.value for c in pool.credentials}
+
+
+def write_file(
+    path: Path, credentials: list[dict[str, Any]], removed: dict[str, float] | None = None
+) -> None:
+    path.write_text(json.dumps({"version": 1, "credentials": credentials, "removed": removed or {}}))
+
+
+# --- start ------------------------------------------------------------------------------------
+
+
+def test_start_without_store_takes_configured_cookies(tmp_path: Path) -> None:
+    keeper, pool = make_keeper(None)
+    keeper.start([A, B, A])
+    assert [c.cookie for c in pool.credentials] == [A, B]
+    assert pool.on_change is None
+    keeper.save()  # harmless without a file
+    keeper.sync()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_start_without_file_writes_configured_cookies(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A, B])
+    assert file_cookies(path) == {A, B}
+    assert pool.on_change == keeper.schedule_save
+
+
+def test_start_file_wins_states_and_configured_are_added(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    write_file(
+        path,
+        [
+            {"cookie": A, "state": "invalid", "changed_at": WALL - 100, "last_error": "401"},
+            {"cookie": B, "state": "cooling", "cooling_until": WALL + 40, "changed_at": WALL - 20},
+        ],
+    )
+    keeper, pool = make_keeper(path)
+    keeper.start([A, C])  # A is configured too, but the file's state for it stands
+    assert states(pool) == {A: "invalid", B: "cooling", C: "active"}
+    b = pool.get(credential_id(B))
+    assert b is not None
+    assert pool.next_recovery_in() == pytest.approx(40.0)
+    a = pool.get(credential_id(A))
+    assert a is not None and a.last_error == "401"
+    assert file_cookies(path) == {A, B, C}
+
+
+def test_start_does_not_resurrect_a_removed_configured_cookie(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    write_file(path, [{"cookie": B, "changed_at": WALL - 10}], {credential_id(A): WALL - 5})
+    keeper, pool = make_keeper(path)
+    keeper.start([A, B, C])
+    assert {c.cookie for c in pool.credentials} == {B, C}
+    assert credential_id(A) in pool.removed
+    data = json.loads(path.read_text())
+    assert {r["cookie"] for r in data["credentials"]} == {B, C}
+    assert credential_id(A) in data["removed"]
+
+
+def test_start_with_corrupt_file_raises_and_keeps_it(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    path.write_text('{"credentials": [')
+    keeper, pool = make_keeper(path)
+    with pytest.raises(StoreError, match=str(path)):
+        keeper.start([A])
+    assert path.read_text() == '{"credentials": ['  # not overwritten
+    assert len(pool) == 0
+
+
+# --- saving -----------------------------------------------------------------------------------
+
+
+def test_schedule_save_without_loop_writes_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    saves = count_saves(keeper.store)  # type: ignore[arg-type]
+    pool.add(B)
+    assert len(saves) == 1
+    assert file_cookies(path) == {A, B}
+
+
+@pytest.mark.anyio
+async def test_schedule_save_coalesces_a_burst(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    wall = Clock(WALL)
+    keeper, pool = make_keeper(path, wall)
+    keeper.start([A])
+    saves = count_saves(keeper.store)  # type: ignore[arg-type]
+    for cookie in (B, C, D):
+        pool.add(cookie)
+    pool.remove(credential_id(A))
+    assert saves == []  # nothing written until the loop gets control
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(saves) == 1
+    assert file_cookies(path) == {B, C, D}
+    wall.now += 1
+    pool.add(A)  # a later change is written again, re-adding a removed cookie
+    await asyncio.sleep(0)
+    assert len(saves) == 2
+    assert file_cookies(path) == {A, B, C, D}
+
+
+@pytest.mark.anyio
+async def test_state_change_is_saved(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    (credential,) = pool.credentials
+    pool.record(credential, UpstreamFailure(FailureKind.AUTH, "401 from upstream", status=401))
+    await asyncio.sleep(0)
+    (stored,) = json.loads(path.read_text())["credentials"]
+    assert stored["state"] == "invalid"
+
+
+def test_save_logs_os_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "creds.json"
+    keeper, _ = make_keeper(path)
+    keeper.start([A])
+
+    def broken(local: StoreData) -> StoreData:
+        raise OSError(28, "No space left on device")
+
+    keeper.store.save = broken  # type: ignore[method-assign,union-attr]
+    with caplog.at_level(logging.ERROR, logger="gptomni2api.credentials"):
+        keeper.save()  # must not raise
+    assert "No space left on device" in caplog.text
+    assert A not in caplog.text
+
+
+# --- sync: another process on the same file -----------------------------------------------------
+
+
+def test_sync_adopts_another_process_writes(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path, wall=WALL)
+    keeper.start([A, B])
+    other_keeper, other = make_keeper(path, wall=WALL + 10)  # a later process
+    other_keeper.start([])
+    assert {c.cookie for c in other.credentials} == {A, B}
+    other.add(C)
+    other.remove(credential_id(A))
+    b = other.get(credential_id(B))
+    assert b is not None
+    other.record(b, UpstreamFailure(FailureKind.AUTH, "401", status=401))
+    assert keeper.store is not None and keeper.store.changed()
+    keeper.sync()
+    assert states(pool) == {B: "invalid", C: "active"}
+    assert credential_id(A) in pool.removed
+    assert not keeper.store.changed()
+
+
+def test_sync_does_nothing_when_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, _ = make_keeper(path)
+    keeper.start([A])
+
+    def must_not_load() -> StoreData | None:
+        raise AssertionError("loaded although nothing changed")
+
+    keeper.store.load = must_not_load  # type: ignore[method-assign,union-attr]
+    keeper.sync()
+
+
+def test_sync_keeps_pool_when_file_turns_corrupt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A, B])
+    path.write_text("{ broken")
+    with caplog.at_level(logging.ERROR, logger="gptomni2api.credentials"):
+        keeper.sync()
+    assert {c.cookie for c in pool.credentials} == {A, B}
+    assert "keeping the pool as it is" in caplog.text
+
+
+def test_sync_does_not_override_a_newer_local_state(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path, wall=WALL + 100)  # our change is later
+    keeper.start([A])
+    other_keeper, other = make_keeper(path, wall=WALL)
+    other_keeper.start([])
+    a_other = other.get(credential_id(A))
+    assert a_other is not None
+    other.record(a_other, UpstreamFailure(FailureKind.AUTH, "401", status=401))  # at WALL
+    a = pool.get(credential_id(A))
+    assert a is not None
+    pool.on_change = None  # keep our change in memory only
+    pool.record(a, UpstreamFailure(FailureKind.CLOUDFLARE, "challenge"))  # at WALL + 100
+    keeper.sync()
+    assert a.state is CredentialState.COOLING
+
+
+def test_sync_after_failed_save_keeps_a_removed_cookie_removed(tmp_path: Path) -> None:
+    # BUG (CredentialPool.adopt ignores the pool's own tombstones): our removal of A could not be written,
+    # another process then writes its (older) view with A, and sync brings A back into our pool.
+    path = tmp_path / "creds.json"
+    wall = Clock(WALL)
+    keeper, pool = make_keeper(path, wall)
+    keeper.start([A, B])  # A is added at WALL
+    other_keeper, other = make_keeper(path, wall=WALL + 50)
+    other_keeper.start([])
+
+    def broken(local: StoreData) -> StoreData:
+        raise OSError(28, "No space left on device")
+
+    real_save = keeper.store.save  # type: ignore[union-attr]
+    keeper.store.save = broken  # type: ignore[method-assign,union-attr]
+    wall.now = WALL + 100
+    pool.remove(credential_id(A))  # saved at once (no loop): fails, logged
+    keeper.store.save = real_save  # type: ignore[method-assign,union-attr]
+    other.add(C)  # the other process writes, still holding A
+    keeper.sync()
+    assert pool.get(credential_id(A)) is None
+    assert {c.cookie for c in pool.credentials} == {B, C}
