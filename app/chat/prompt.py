@@ -95,6 +95,13 @@ def render_prompt(
                 return f"{instructions.strip()}\n\n{text}" if instructions.strip() else text
     if len(messages) == 1 and messages[0].role == "user" and not instructions.strip():
         return texts[0]
+    # A tool message carries only its call's id; the name is on the assistant message that called it.
+    call_names = {
+        call.get("id"): (call.get("function") or {}).get("name")
+        for message in messages
+        for call in message.tool_calls or []
+        if isinstance(call, dict)
+    }
     blocks: list[str] = []
     if instructions.strip():
         blocks.append(f"System: {instructions.strip()}")
@@ -103,7 +110,8 @@ def render_prompt(
         if message.role == "assistant" and message.tool_calls:
             text = render_tool_calls(message.tool_calls, text or None)
         elif message.role in ("tool", "function"):
-            text = render_tool_result(message.tool_call_id or "", message.name, text)
+            call_id = message.tool_call_id or ""
+            text = render_tool_result(call_id, message.name or call_names.get(call_id), text)
         elif message.name and message.role == "user":
             label = f"{label} ({message.name})"
         blocks.append(f"{label}: {text}")

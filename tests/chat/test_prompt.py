@@ -161,7 +161,7 @@ class TestTools:
         assert render_prompt(conversation) == (
             "User: Weather in Paris?\n\n"
             'Assistant: [called get_weather with {"city": "Paris"}]\n\n'
-            'Tool: [result of tool call call_1]\n{"temp": 21}\n\n'
+            'Tool: [result of get_weather call call_1]\n{"temp": 21}\n\n'  # name found by call id
             "User: Thanks"
         )
 
@@ -202,4 +202,4 @@ class TestTools:
         prompt = render_prompt(conversation, render_tool_calls=calls, render_tool_result=result)
         assert prompt == "User: q\n\nAssistant: <CALLS>\n\nTool: <RESULT>"
         assert seen["calls"] == ([WEATHER_CALL], None)
-        assert seen["result"] == ("call_1", None, "21")
+        assert seen["result"] == ("call_1", "get_weather", "21")  # the name, from the call it answers
