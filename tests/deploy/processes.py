@@ -1,0 +1,121 @@
+"""Real processes for the deployment tests: nginx with the project's rendered nginx.conf, and the
+gateway started the production way (`python main.py`, with its workers and graceful shutdown)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, base_env, free_port
+from tests.deploy.render_nginx import SHIPPED, render
+
+
+def nginx_binary() -> str:
+    """Debian's nginx (`.ci/run` installs it). Missing: a skip on a developer's machine, a failure in CI."""
+    found = shutil.which("nginx") or next(
+        (str(p) for p in (Path("/usr/sbin/nginx"), Path("/usr/local/sbin/nginx")) if p.exists()), None
+    )
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed; .ci/run installs Debian's nginx package")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    return found
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start: {log.read_text(errors='replace')}")
+
+
+class Nginx:
+    """The real nginx binary, in the foreground, with every runtime path in its own directory."""
+
+    def __init__(self, workdir: Path, upstreams: list[str], *, read_timeout: str | None = None) -> None:
+        binary = nginx_binary()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = workdir / f"nginx-{self.port}"
+        self.dir.mkdir()
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(
+            render(
+                SHIPPED.read_text(),
+                upstreams=upstreams,
+                listen=f"127.0.0.1:{self.port}",
+                runtime_dir=self.dir,
+                read_timeout=read_timeout,
+            )
+        )
+        self.log_path = self.dir / "nginx.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(self.dir), "-e", "stderr", "-c", str(self.conf), "-g", "daemon off;"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+        )
+        _wait_http(f"{self.url}/_never_proxied_probe", self.proc, self.log_path, "nginx")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class MainProcess:
+    """`python main.py`, as the Dockerfile runs it: HOST, PORT, WORKERS from the environment."""
+
+    def __init__(self, workdir: Path, settings: dict[str, str], *, name: str = "main") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        env = base_env() | settings | {"HOST": "127.0.0.1", "PORT": str(self.port)}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py")],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+        )
+        _wait_http(f"{self.url}/health", self.proc, self.log_path, "python main.py")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
