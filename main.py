@@ -10,20 +10,42 @@ from app.server import create_app
 
 try:
     settings = load_settings()
+    app = create_app(settings)  # may refuse too: a corrupt credentials file
 except ConfigError as exc:
     sys.stderr.write(f"gptomni-2api: configuration error: {exc}\n")
     raise SystemExit(2) from None
-app = create_app(settings)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
 
 if __name__ == "__main__":
+    import shutil
+    import signal
+
     import uvicorn
 
-    uvicorn.run(
-        "main:app",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-    )
+    from app.observability.metrics import prepare_multiprocess
+
+    # uvicorn handles SIGTERM (stop accepting, let requests in flight finish) and then raises it
+    # again with this handler in place: without it, a clean stop would look like a kill (exit 143).
+    signal.signal(signal.SIGTERM, _stopped)
+    # Workers are separate processes: their metrics meet in files the workers inherit the place of.
+    samples_dir = prepare_multiprocess() if settings.workers > 1 else None
+    try:
+        uvicorn.run(
+            "main:app",
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            proxy_headers=True,
+            forwarded_allow_ips="*",
+            access_log=False,  # the gateway writes its own access line, with the request id and model
+            # On SIGTERM uvicorn stops accepting at once, then waits this long for streams in flight.
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+    finally:
+        if samples_dir is not None:
+            shutil.rmtree(samples_dir, ignore_errors=True)

@@ -93,6 +93,18 @@ def parse_csv(raw: str | list[str] | None) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def parse_rate_limit(raw: str) -> tuple[int, float]:
+    """`20/60` -> 20 requests per 60 seconds."""
+    count, sep, period = raw.strip().partition("/")
+    try:
+        requests, seconds = int(count), float(period)
+    except ValueError:
+        requests, seconds = 0, 0.0
+    if not sep or requests < 1 or seconds <= 0:
+        raise ConfigError(f"CREDENTIAL_RATE_LIMIT must be N/SECONDS, e.g. 20/60 (got {raw.strip()!r})")
+    return requests, seconds
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -134,6 +146,43 @@ class Settings(BaseSettings):
         default=64, ge=1, description="Thread pool size of the cloudscraper transport (its stream limit)."
     )
 
+    # --- credential pool ----------------------------------------------------------------------
+    admin_key: SecretStr | None = Field(
+        default=None, description="Key for the `/admin` API (Bearer). Unset: the admin API is off (404)."
+    )
+    credentials_file: str | None = Field(
+        default=None, description="JSON file the pool is kept in (atomic writes), so it survives restarts."
+    )
+    credential_rate_limit: str | None = Field(
+        default=None,
+        description="Requests per credential as `N/SECONDS` (e.g. `20/60`): a burst of N, then N per period.",
+    )
+    rate_limit_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a request waits for a credential under its limit before a 429.",
+    )
+    max_streams_per_credential: int = Field(
+        default=0, ge=0, description="Concurrent requests per credential; 0: no cap."
+    )
+    cloudflare_cooldown: float = Field(
+        default=60.0, ge=0, description="Seconds a Cloudflare-challenged credential rests."
+    )
+    rate_limit_cooldown: float = Field(
+        default=60.0, ge=0, description="Seconds a credential rests after a 429 without `Retry-After`."
+    )
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Consecutive 5xx, connect, time-out or cut-off failures before a rest."
+    )
+    failure_cooldown: float = Field(
+        default=30.0, ge=0, description="Seconds a credential rests after `FAILURE_THRESHOLD` failures."
+    )
+    probe_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds between re-checks of invalid credentials; 0: no background probe.",
+    )
+
     # --- models and prompt --------------------------------------------------------------------
     served_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["gptomni"], description="Model ids served, comma-separated."
@@ -159,9 +208,14 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", description="Address `python main.py` listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `python main.py` listens on.")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `python main.py`.")
+    shutdown_grace_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="On SIGTERM, seconds `python main.py` lets requests in flight (streams) finish.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
-    @field_validator("api_master_key", mode="before")
+    @field_validator("api_master_key", "admin_key", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -189,6 +243,19 @@ class Settings(BaseSettings):
             return parse_aliases(value)
         raise ConfigError("MODEL_ALIASES must be alias=model pairs")
 
+    @field_validator("credential_rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_rate_limit(value)
+            return value.strip()
+        return None
+
+    @field_validator("credentials_file", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("gptomni_base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
@@ -212,6 +279,10 @@ class Settings(BaseSettings):
                 "environment or .env, or set AUTH_DISABLED=true to serve without a key."
             )
         return self
+
+    @property
+    def rate_limit(self) -> tuple[int, float] | None:
+        return parse_rate_limit(self.credential_rate_limit) if self.credential_rate_limit else None
 
     @cached_property
     def model_table(self) -> dict[str, str]:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import health_routes, openai_routes
+from app.api import admin_routes, health_routes, metrics_routes, openai_routes
 from app.api.errors import install_error_handlers
 from app.chat.service import ChatService
-from app.config import Settings, load_settings
-from app.credentials.pool import CredentialPool
+from app.config import ConfigError, Settings, load_settings
+from app.credentials.keeper import PoolKeeper
+from app.credentials.pool import CredentialPool, PoolPolicy
+from app.credentials.store import CredentialStore, StoreError
 from app.logs import configure_logging, register_secret
+from app.observability.access import AccessLogMiddleware
+from app.observability.metrics import Metrics, multiproc_dir
 from app.upstream.gptomni import GptomniClient
 from app.upstream.transport import Timeouts, build_transport
 
@@ -25,8 +31,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     if settings.api_master_key is not None:
         register_secret(settings.api_master_key.get_secret_value())
+    if settings.admin_key is not None:
+        register_secret(settings.admin_key.get_secret_value())
     for cookie in settings.gptomni_credentials:
         register_secret(cookie)
+    pool = CredentialPool(policy=pool_policy(settings))
+    keeper = PoolKeeper(
+        pool, CredentialStore(settings.credentials_file) if settings.credentials_file else None
+    )
+    try:
+        keeper.start(settings.gptomni_credentials)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"CREDENTIALS_FILE {settings.credentials_file}: {exc.strerror}") from None
+    metrics = Metrics(multiproc_dir())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,9 +61,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             idle=settings.upstream_idle_timeout,
         )
         client = GptomniClient(transport, settings.gptomni_base_url, timeouts)
-        pool = CredentialPool(settings.gptomni_credentials)
-        app.state.pool = pool
-        app.state.chat_service = ChatService(settings, pool, client)
+        metrics.watch_credentials(pool.counts)
+        service = ChatService(settings, pool, client)
+        app.state.chat_service = service
+        tasks = []
+        if keeper.store is not None:
+            tasks.append(asyncio.create_task(keeper.run()))
+        if settings.probe_interval > 0:
+            tasks.append(asyncio.create_task(probe_forever(service, settings.probe_interval)))
         if settings.auth_disabled:
             log.warning("AUTH_DISABLED=true: the API answers anyone who can reach it")
         if len(pool) == 0:
@@ -62,11 +86,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            keeper.save()
             await client.aclose()
 
     app = FastAPI(title="gptomni-2api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
+    app.state.pool = pool
+    app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.include_router(health_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(metrics_routes.router)
+    app.include_router(admin_routes.router)
     return app
+
+
+def pool_policy(settings: Settings) -> PoolPolicy:
+    return PoolPolicy(
+        cloudflare_cooldown=settings.cloudflare_cooldown,
+        rate_limit_cooldown=settings.rate_limit_cooldown,
+        failure_threshold=settings.failure_threshold,
+        failure_cooldown=settings.failure_cooldown,
+        max_in_flight=settings.max_streams_per_credential,
+        rate=settings.rate_limit,
+    )
+
+
+async def probe_forever(service: ChatService, interval: float) -> None:
+    """Re-check invalid credentials now and then, so a cookie refreshed upstream is noticed."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.probe_invalid()
+        except Exception:  # a probe must never take the loop down; the next round tries again
+            log.exception("credential probe round failed")

@@ -19,12 +19,22 @@ from typing import Any, TypeVar
 
 import anyio
 
+from app.chat.answer import AnswerShaper, CollectedAnswer, tool_call_delta
 from app.chat.prompt import render_prompt
 from app.chat.sse import DONE, KEEPALIVE, ChunkEncoder, completion_body, completion_id, error_event
+from app.chat.tools import (
+    TextDelta,
+    render_assistant_tool_calls,
+    render_response_format,
+    render_tool_result,
+    render_tools_instructions,
+    tool_names_of,
+)
 from app.chat.usage import estimate_prompt_tokens, usage
 from app.config import Settings
-from app.credentials.pool import Credential, CredentialPool
-from app.protocol.openai import ApiError, ChatCompletionRequest
+from app.credentials.pool import Credential, CredentialPool, CredentialState, PoolSaturated
+from app.observability.context import note_credential, note_first_byte, note_model, note_upstream_outcome
+from app.protocol.openai import ApiError, ChatCompletionRequest, invalid_request
 from app.upstream.failures import FailureKind, UpstreamFailure
 from app.upstream.gptomni import Answer, GptomniClient
 
@@ -34,6 +44,7 @@ T = TypeVar("T")
 # Failures that say nothing about the credential or the moment: another credential would fare no
 # better, so they are not retried.
 NOT_RETRIED = frozenset({FailureKind.CLIENT_ERROR})
+PROBE_PROMPT = "Reply with the single word OK."
 
 
 @dataclass
@@ -42,6 +53,36 @@ class Prepared:
     prompt: str
     prompt_tokens: int
     include_usage: bool
+    tool_names: set[str] | None = None  # None: tool calls are not parsed out of the answer
+    stops: list[str] | None = None
+    max_tokens: int | None = None
+    json_mode: bool = False
+
+    def shaper(self) -> AnswerShaper:
+        return AnswerShaper(
+            tool_names=self.tool_names, stops=self.stops, max_tokens=self.max_tokens, json_mode=self.json_mode
+        )
+
+
+def check_tools(request: ChatCompletionRequest) -> set[str] | None:
+    """The function names a request offers, validated; None when the model must not call any."""
+    for index, tool in enumerate(request.tools or []):
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, dict):
+            raise invalid_request("Only function tools are supported.", param=f"tools[{index}]")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise invalid_request("A function tool needs a name.", param=f"tools[{index}].function.name")
+    names = tool_names_of(request.tools)
+    choice = request.tool_choice
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        raise invalid_request("tool_choice must be auto, none, required or a function.", param="tool_choice")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if name not in names:
+            raise invalid_request(f"tool_choice names an unknown function {name!r}.", param="tool_choice")
+    if choice is not None and choice != "none" and not names:
+        raise invalid_request("tool_choice needs tools.", param="tool_choice")
+    return names if names and choice != "none" else None
 
 
 @dataclass
@@ -152,18 +193,51 @@ class ChatService:
         return served
 
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
-        self.resolve_model(request.model)
-        prompt = render_prompt(request.messages, mode=self.settings.prompt_mode)
+        note_model(self.resolve_model(request.model))
+        tool_names = check_tools(request)
+        response_format = request.response_format or {}
+        kind = response_format.get("type", "text")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise invalid_request(f"Unknown response_format type {kind!r}.", param="response_format.type")
+        instructions = [render_response_format(response_format)]
+        if tool_names is not None and request.tools:
+            instructions.insert(
+                0, render_tools_instructions(request.tools, request.tool_choice, request.parallel_tool_calls)
+            )
+        prompt = render_prompt(
+            request.messages,
+            mode=self.settings.prompt_mode,
+            instructions="\n\n".join(i for i in instructions if i),
+            render_tool_calls=render_assistant_tool_calls,
+            render_tool_result=render_tool_result,
+        )
+        stops = [request.stop] if isinstance(request.stop, str) else request.stop
         return Prepared(
             model=request.model,
             prompt=prompt,
             prompt_tokens=estimate_prompt_tokens(prompt),
             include_usage=request.include_usage,
+            tool_names=tool_names,
+            stops=[s for s in stops or [] if s] or None,
+            max_tokens=request.max_completion_tokens or request.max_tokens,
+            json_mode=kind != "text",
         )
 
     # --- credentials and fail-over ------------------------------------------------------------
-    def _acquire(self, tried: set[str], last: UpstreamFailure | None) -> Credential | None:
-        credential = self.pool.acquire(exclude=tried)
+    async def _acquire(self, tried: set[str], last: UpstreamFailure | None) -> Credential | None:
+        try:
+            credential = await self.pool.acquire_wait(tried, self.settings.rate_limit_wait)
+        except PoolSaturated as exc:
+            retry_after = max(1, math.ceil(exc.retry_after))
+            raise ApiError(
+                429,
+                f"Every gptomni credential is at its rate limit (CREDENTIAL_RATE_LIMIT="
+                f"{self.settings.credential_rate_limit}, MAX_STREAMS_PER_CREDENTIAL="
+                f"{self.settings.max_streams_per_credential}). Retry in {retry_after} s.",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(retry_after)},
+            ) from None
         if credential is not None or last is not None:
             return credential
         if len(self.pool) == 0:
@@ -191,14 +265,16 @@ class ChatService:
         tried: set[str] = set()
         last: UpstreamFailure | None = None
         for _ in range(self.settings.upstream_max_attempts):
-            credential = self._acquire(tried, last)
+            credential = await self._acquire(tried, last)
             if credential is None:
                 break
             tried.add(credential.id)
+            note_credential(credential.id)
             try:
                 return await attempt(credential)
             except UpstreamFailure as failure:
                 self.pool.record(credential, failure)
+                note_upstream_outcome(failure.kind.value)
                 self.pool.release(credential)
                 log.warning("credential %s failed: %s", credential.id, failure.message)
                 last = failure
@@ -210,29 +286,56 @@ class ChatService:
         assert last is not None
         raise failure_error(last, len(tried), self.pool.next_recovery_in())
 
-    # --- non-streaming ------------------------------------------------------------------------
-    async def complete(self, prepared: Prepared) -> dict[str, Any]:
-        async def attempt(credential: Credential) -> str:
-            answer = await self.client.open(prepared.prompt, credential.cookie)
+    async def probe(self, credential: Credential) -> UpstreamFailure | None:
+        """A tiny request on `credential`; its outcome decides its state (success: active)."""
+        try:
+            answer = await self.client.open(PROBE_PROMPT, credential.cookie)
             try:
-                parts: list[str] = []
-                while (text := await answer.next_text()) is not None:
-                    parts.append(text)
+                await answer.next_text()
             finally:
                 with anyio.CancelScope(shield=True):
                     await answer.aclose()
-            self.pool.record(credential, None)
-            self.pool.release(credential)
-            return "".join(parts)
+        except UpstreamFailure as failure:
+            self.pool.record(credential, failure)
+            return failure
+        self.pool.record(credential, None)
+        self.pool.reset(credential)
+        return None
 
-        content = await self._with_failover(attempt)
+    async def probe_invalid(self) -> None:
+        for credential in self.pool.credentials:
+            if credential.state is CredentialState.INVALID:
+                failure = await self.probe(credential)
+                log.info("probe of credential %s: %s", credential.id, failure.message if failure else "ok")
+
+    # --- non-streaming ------------------------------------------------------------------------
+    async def complete(self, prepared: Prepared) -> dict[str, Any]:
+        async def attempt(credential: Credential) -> tuple[CollectedAnswer, str]:
+            answer = await self.client.open(prepared.prompt, credential.cookie)
+            shaper, collected = prepared.shaper(), CollectedAnswer()
+            try:
+                while not shaper.done and (text := await answer.next_text()) is not None:
+                    note_first_byte()  # only the first call counts
+                    collected.add(shaper.feed(text))
+                collected.add(shaper.finish())
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await answer.aclose()  # early, when a stop sequence or the limit ended it
+            self.pool.record(credential, None)
+            note_upstream_outcome("ok")
+            self.pool.release(credential)
+            return collected, shaper.finish_reason
+
+        collected, finish_reason = await self._with_failover(attempt)
+        arguments = "".join(c["function"]["arguments"] for c in collected.tool_calls)
         return completion_body(
             id_=completion_id(),
             created=int(time.time()),
             model=prepared.model,
-            content=content,
-            finish_reason="stop",
-            usage=usage(prepared.prompt_tokens, content),
+            content=collected.content,
+            finish_reason=finish_reason,
+            usage=usage(prepared.prompt_tokens, collected.text + arguments),
+            tool_calls=collected.tool_calls or None,
         )
 
     # --- streaming ----------------------------------------------------------------------------
@@ -243,6 +346,7 @@ class ChatService:
             answer = await self.client.open(prepared.prompt, credential.cookie)
             try:
                 first_text = await answer.next_text()
+                note_first_byte()
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await answer.aclose()
@@ -307,13 +411,15 @@ class ChatService:
         credential, answer = opened.credential, opened.answer
         keepalive = self.settings.keepalive_interval
         completion_chars: list[str] = []
+        shaper = prepared.shaper()
         try:
             yield encoder.role()
             text = opened.first_text
             while text is not None:
-                if prepared.include_usage:
-                    completion_chars.append(text)
-                yield encoder.content(text)
+                for event in shaper.feed(text):
+                    yield self._event_chunk(encoder, event, completion_chars)
+                if shaper.done:
+                    break  # a stop sequence or the limit: the upstream is closed below
                 pending = opened.pending = asyncio.ensure_future(answer.next_text())
                 while not pending.done():
                     done, _ = await asyncio.wait({pending}, timeout=keepalive)
@@ -324,16 +430,28 @@ class ChatService:
                     text = pending.result()
                 except UpstreamFailure as failure:
                     self.pool.record(credential, failure)
+                    note_upstream_outcome(failure.kind.value)
                     log.warning("stream from credential %s failed: %s", credential.id, failure.message)
                     yield error_event(failure_error(failure, 1).envelope())
                     return
+            for event in shaper.finish():
+                yield self._event_chunk(encoder, event, completion_chars)
             self.pool.record(credential, None)
-            yield encoder.finish("stop")
+            note_upstream_outcome("ok")
+            yield encoder.finish(shaper.finish_reason)
             if prepared.include_usage:
                 yield encoder.usage(usage(prepared.prompt_tokens, "".join(completion_chars)))
             yield DONE
         finally:
             await opened.close()
+
+    @staticmethod
+    def _event_chunk(encoder: ChunkEncoder, event: TextDelta | Any, counted: list[str]) -> bytes:
+        if isinstance(event, TextDelta):
+            counted.append(event.text)
+            return encoder.content(event.text)
+        counted.append(event.arguments)
+        return encoder.delta(tool_call_delta(event))
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:
