@@ -11,24 +11,15 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from app.api.deps import ChatServiceDep, keys_match, presented_key
+from app.api.deps import AdminKey, ChatServiceDep
 from app.api.openai_routes import read_body
-from app.config import Settings
 from app.credentials.pool import Credential, CredentialPool
 from app.protocol.openai import ApiError, invalid_request
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 
 
-def require_admin_key(request: Request) -> None:
-    settings: Settings = request.app.state.settings
-    if settings.admin_key is None:
-        raise ApiError(404, "Unknown path.", code="admin_disabled")
-    if not keys_match(presented_key(request), settings.admin_key.get_secret_value()):
-        raise ApiError(401, "This route needs the admin key (ADMIN_KEY).", code="invalid_api_key")
-
-
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
+router = APIRouter(prefix="/admin", dependencies=[AdminKey])
 
 
 def _iso(timestamp: float | None) -> str | None:

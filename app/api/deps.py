@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.chat.service import ChatService
 from app.config import Settings
@@ -50,6 +51,23 @@ def require_api_key(request: Request) -> None:
         raise ApiError(401, message, type="invalid_request_error", code="invalid_api_key")
 
 
+def require_admin_key(request: Request) -> None:
+    """The admin surface (`/admin`, `/metrics`): only ADMIN_KEY opens it, never the client key."""
+    settings = get_settings(request)
+    if settings.admin_key is None:
+        # The same 404 as any unknown path: an unconfigured admin surface does not announce itself.
+        raise StarletteHTTPException(404)
+    presented = presented_key(request)
+    if not keys_match(presented, settings.admin_key.get_secret_value()):
+        message = (
+            "Missing admin key: send it as 'Authorization: Bearer <ADMIN_KEY>'."
+            if presented is None
+            else "Incorrect admin key provided."
+        )
+        raise ApiError(401, message, type="invalid_request_error", code="invalid_admin_key")
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 ApiKey = Depends(require_api_key)
+AdminKey = Depends(require_admin_key)

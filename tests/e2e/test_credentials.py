@@ -297,7 +297,7 @@ def test_admin_routes_need_the_admin_key(start_gateway: Any, emulator: Emulator)
         for key in (None, MASTER_KEY, "sk-wrong"):
             response = admin(gw, method, path, key=key, **kwargs)
             assert response.status_code == 401, (method, path, key is None)
-            assert response.json()["error"]["code"] == "invalid_api_key"
+            assert response.json()["error"]["code"] == "invalid_admin_key"
     assert len(listing(gw)) == 1  # nothing was added by the refused POST
 
 
