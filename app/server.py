@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.upstream_transport,
             impersonate=settings.curl_impersonate,
             threads=settings.cloudscraper_threads,
+            slot_wait=settings.rate_limit_wait,
         )
         timeouts = Timeouts(
             connect=settings.upstream_connect_timeout,

@@ -56,7 +56,7 @@ def _found(pool: CredentialPool, credential_id: str) -> Credential:
     return credential
 
 
-def get_pool(request: Request) -> CredentialPool:
+async def get_pool(request: Request) -> CredentialPool:
     pool: CredentialPool = request.app.state.pool
     return pool
 

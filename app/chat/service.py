@@ -37,6 +37,7 @@ from app.observability.context import note_credential, note_first_byte, note_mod
 from app.protocol.openai import ApiError, ChatCompletionRequest, invalid_request
 from app.upstream.failures import FailureKind, UpstreamFailure
 from app.upstream.gptomni import Answer, GptomniClient
+from app.upstream.transport import TransportBusy
 
 log = logging.getLogger("gptomni2api.chat")
 T = TypeVar("T")
@@ -272,6 +273,15 @@ class ChatService:
             note_credential(credential.id)
             try:
                 return await attempt(credential)
+            except TransportBusy as busy:
+                self.pool.release(credential)  # not the credential's fault: nothing recorded
+                raise ApiError(
+                    503,
+                    f"The gateway is at capacity: {busy}.",
+                    type="server_error",
+                    code="transport_saturated",
+                    headers={"Retry-After": "1"},
+                ) from None
             except UpstreamFailure as failure:
                 self.pool.record(credential, failure)
                 note_upstream_outcome(failure.kind.value)
@@ -420,13 +430,18 @@ class ChatService:
                     yield self._event_chunk(encoder, event, completion_chars)
                 if shaper.done:
                     break  # a stop sequence or the limit: the upstream is closed below
-                pending = opened.pending = asyncio.ensure_future(answer.next_text())
-                while not pending.done():
-                    done, _ = await asyncio.wait({pending}, timeout=keepalive)
-                    if not done:
-                        yield KEEPALIVE
-                opened.pending = None
                 try:
+                    if answer.ready():
+                        # The fast path, once per upstream piece: no task, no timer.
+                        text = await answer.next_text(block=False)
+                        if text != "":
+                            continue
+                    pending = opened.pending = asyncio.ensure_future(answer.next_text())
+                    while not pending.done():
+                        done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                        if not done:
+                            yield KEEPALIVE
+                    opened.pending = None
                     text = pending.result()
                 except UpstreamFailure as failure:
                     self.pool.record(credential, failure)

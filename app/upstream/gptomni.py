@@ -44,17 +44,32 @@ class Answer:
         self._got_bytes = False
         self._ended = False
 
-    async def next_text(self) -> str | None:
-        """The next non-empty piece of text; None when the answer is complete."""
+    def ready(self) -> bool:
+        """Whether `next_text(block=False)` has something to work on without waiting."""
+        return self._ended or self._decoder.done or self._stream.ready()
+
+    async def next_text(self, *, block: bool = True) -> str | None:
+        """The next non-empty piece of text; None when the answer is complete.
+
+        With `block=False` it returns "" instead of waiting when what was there made no text yet
+        (half a UTF-8 character, half an SSE line), so a caller on the fast path never waits
+        without its keep-alive timer.
+        """
         while not self._ended:
             if self._decoder.done:  # e.g. an SSE [DONE]: what follows is not answer text
                 self._ended = True
                 await self.aclose()
                 return None
+            ready = self._stream.ready()
+            if not ready and not block:
+                return ""
             timeout = self._timeouts.idle if self._got_bytes else self._timeouts.first_byte
             try:
-                async with asyncio.timeout(timeout):
+                if ready:  # no timer needed: the read returns at once
                     data = await self._stream.read()
+                else:
+                    async with asyncio.timeout(timeout):
+                        data = await self._stream.read()
             except TimeoutError:
                 what = "between two reads" if self._got_bytes else "before the first byte"
                 raise UpstreamFailure(

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import threading
+from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +46,14 @@ class UpstreamStream(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+    def ready(self) -> bool:
+        """Whether `read` would return without waiting."""
+        ...
+
+
+class TransportBusy(Exception):
+    """The transport itself is at capacity (not the upstream, not the credential)."""
 
 
 class Transport(Protocol):
@@ -99,7 +109,11 @@ class _CurlStream:
     def __init__(self, acurl: Any, curl: Any) -> None:
         self._acurl = acurl
         self._curl = curl
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        # Pieces as curl hands them over; `read` takes all that is there at once, so a reader that
+        # falls behind catches up in one step instead of one wake-up per network read.
+        self._chunks: deque[bytes] = deque()
+        self._end: Any = None  # _END, or the exception that ended the transfer
+        self._waiter: asyncio.Future[None] | None = None
         self._headers_done = asyncio.Event()
         self.status = 0
         self.headers: Mapping[str, str] = {}
@@ -123,21 +137,29 @@ class _CurlStream:
                 self._header_lines[name.strip().lower()] = value.strip()
         return len(line)
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def on_body(self, data: bytes) -> int:
-        self._queue.put_nowait(data)
+        self._chunks.append(data)
+        self._wake()
         return len(data)
+
+    def ready(self) -> bool:
+        return self._closed or bool(self._chunks) or self._end is not None
 
     def start(self) -> None:
         self._future = self._acurl.add_handle(self._curl)
         self._future.add_done_callback(self._on_done)
 
     def _on_done(self, future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            self._queue.put_nowait(_END)
-        elif future.exception() is not None:
-            self._queue.put_nowait(future.exception())
+        if future.cancelled() or future.exception() is None:
+            self._end = _END
         else:
-            self._queue.put_nowait(_END)
+            self._end = future.exception()
+        self._wake()
         self._headers_done.set()
         self._cleanup()
 
@@ -149,7 +171,7 @@ class _CurlStream:
     async def wait_for_headers(self) -> None:
         await self._headers_done.wait()
         if self.status == 0:  # the transfer ended before any answer: a connect error
-            item = self._queue.get_nowait() if not self._queue.empty() else None
+            item = self._end
             raise (
                 _curl_failure(item)
                 if isinstance(item, BaseException)
@@ -159,15 +181,20 @@ class _CurlStream:
     async def read(self) -> bytes:
         if self._closed:
             return b""
-        item = await self._queue.get()
-        if item is _END:
-            self._closed = True
-            return b""
-        if isinstance(item, BaseException):
-            self._closed = True
-            raise _curl_failure(item)
-        data: bytes = item
-        return data
+        while not self._chunks and self._end is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            return data
+        self._closed = True
+        if isinstance(self._end, BaseException):
+            raise _curl_failure(self._end)
+        return b""
 
     def abort(self) -> None:
         self._closed = True
@@ -181,6 +208,18 @@ class _CurlStream:
         self.abort()
 
 
+@functools.cache
+def _http_curl_class() -> Any:
+    from curl_cffi import Curl
+
+    class HttpCurl(Curl):
+        # Curl() allocates a 128 KiB WebSocket receive buffer per handle; we never use WebSockets,
+        # and with 1,000 streams open that buffer alone was about 100 MB.
+        _WS_RECV_BUFFER_SIZE = 1
+
+    return HttpCurl
+
+
 class CurlCffiTransport:
     name = "curl_cffi"
 
@@ -192,9 +231,9 @@ class CurlCffiTransport:
         self._impersonate: str = resolve_latest_browser_type(impersonate)  # type: ignore[no-untyped-call]
 
     def _build(self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts) -> _CurlStream:
-        from curl_cffi import Curl, CurlOpt
+        from curl_cffi import CurlOpt
 
-        curl = Curl()
+        curl = _http_curl_class()()
         stream = _CurlStream(self._acurl, curl)
         curl.impersonate(self._impersonate, default_headers=True)
         curl.setopt(CurlOpt.URL, url)
@@ -272,6 +311,9 @@ class _ScraperStream:
         self._closed = threading.Event()
         self._released = False
 
+    def ready(self) -> bool:
+        return self._closed.is_set()  # a read always takes a trip through the thread pool
+
     def _read_blocking(self) -> bytes:
         if self._closed.is_set():
             return b""
@@ -317,7 +359,7 @@ class _ScraperStream:
 class CloudscraperTransport:
     name = "cloudscraper"
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, slot_wait: float = 5.0) -> None:
         import cloudscraper
 
         self._scraper: Any = cloudscraper.create_scraper(
@@ -328,6 +370,8 @@ class CloudscraperTransport:
         self._scraper.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cloudscraper")
         self._slots = asyncio.Semaphore(threads)
+        self._threads = threads
+        self._slot_wait = slot_wait
 
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -349,7 +393,14 @@ class CloudscraperTransport:
     async def open(
         self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts
     ) -> UpstreamStream:
-        await self._slots.acquire()
+        try:
+            async with asyncio.timeout(self._slot_wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise TransportBusy(
+                f"the cloudscraper transport holds {self._threads} streams at once (CLOUDSCRAPER_THREADS), "
+                "and all are in use"
+            ) from None
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 future = asyncio.get_running_loop().run_in_executor(
@@ -385,7 +436,7 @@ def _close_late_response(future: Any) -> None:
         future.result().close()
 
 
-def build_transport(name: str, *, impersonate: str, threads: int) -> Transport:
+def build_transport(name: str, *, impersonate: str, threads: int, slot_wait: float = 5.0) -> Transport:
     if name == "cloudscraper":
-        return CloudscraperTransport(threads)
+        return CloudscraperTransport(threads, slot_wait)
     return CurlCffiTransport(impersonate)

@@ -343,3 +343,37 @@ def test_logs_of_a_full_run_hold_no_cookie(start_gateway: Any, emulator: Emulato
         for value in (*bad, good, MASTER_KEY, ADMIN_KEY):
             assert value not in text, f"a secret is in {path.name}"
         assert "session-token=log-" not in text, f"a cookie is in {path.name}"
+
+
+def test_a_saturated_cloudscraper_pool_is_a_clean_503_not_a_credential_failure(
+    start_gateway: Any, emulator: Emulator
+) -> None:
+    only = cookie("busy")
+    gw = start_gateway(
+        gateway_settings(
+            emulator,
+            [only],
+            UPSTREAM_TRANSPORT="cloudscraper",
+            CLOUDSCRAPER_THREADS="1",
+            RATE_LIMIT_WAIT="0.3",
+            ADMIN_KEY=ADMIN_KEY,
+        )
+    )
+    slow = threading.Thread(
+        target=ask, args=(gw, "[[emu duration=2 chunk_size=2]]\n<<<EMU_REPLY\nslow one\nEMU_REPLY>>>")
+    )
+    slow.start()
+    time.sleep(0.5)  # the one thread is now busy reading the slow answer
+    response = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        timeout=10,
+    )
+    slow.join(10)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "transport_saturated"
+    assert response.headers["retry-after"] == "1"
+    entry = state_of(gw, only)
+    assert entry["state"] == "active" and entry["failures"] == {}  # not held against the account
+    assert ask(gw).choices[0].message.content  # and with the thread free again, it answers
