@@ -14,11 +14,9 @@ emulator's body: every byte is content and the first byte is the first token.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import random
-import resource
 import ssl
 import sys
 import time
@@ -26,6 +24,8 @@ from collections import Counter
 from typing import Any, Literal
 
 import httpx
+
+from bench.procs import raise_fd_limit  # 1,000 streams need more descriptors than some soft limits allow
 
 CONTENT_MARK = b'"delta":{"content":"'
 DONE_MARK = b"data: [DONE]"
@@ -307,15 +307,6 @@ async def serve(lines: Any) -> None:
         result = await (run_hold(phase) if phase.kind == "hold" else run_load(phase))
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
-
-
-def raise_fd_limit() -> None:
-    # 1,000 streams need more descriptors than some default soft limits allow.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def main() -> int:

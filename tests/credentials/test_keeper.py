@@ -15,25 +15,13 @@ from app.credentials.keeper import PoolKeeper
 from app.credentials.pool import CredentialPool, CredentialState, credential_id
 from app.credentials.store import CredentialStore, StoreData, StoreError
 from app.upstream.failures import FailureKind, UpstreamFailure
+from tests.fakes import Clock
 
 A = "session-token=AAAA-keeper-cookie-0001"
 B = "session-token=BBBB-keeper-cookie-0002"
 C = "session-token=CCCC-keeper-cookie-0003"
 D = "session-token=DDDD-keeper-cookie-0004"
 WALL = 1_700_000_000.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_keeper(path: Path | None, wall: float | Clock = WALL) -> tuple[PoolKeeper, CredentialPool]:

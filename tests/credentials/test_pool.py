@@ -17,6 +17,7 @@ from app.credentials.pool import (
     transition_for,
 )
 from app.upstream.failures import FailureKind, UpstreamFailure
+from tests.fakes import Clock
 
 COOKIES = [
     "__Secure-next-auth.session-token=eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..AAAA; NEXT_LOCALE=zh",
@@ -33,14 +34,6 @@ COUNTED_KINDS = [
     FailureKind.CUT_OFF,
     FailureKind.BAD_RESPONSE,
 ]
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def fail(kind: FailureKind, status: int | None = None, retry_after: float | None = None) -> UpstreamFailure:

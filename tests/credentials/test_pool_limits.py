@@ -16,24 +16,12 @@ from app.credentials.pool import (
     credential_id,
 )
 from app.upstream.failures import FailureKind, UpstreamFailure
+from tests.fakes import Clock
 
 A = "session-token=AAAA-limits-cookie-0001"
 B = "session-token=BBBB-limits-cookie-0002"
 C = "session-token=CCCC-limits-cookie-0003"
 WALL = 1_700_000_000.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def fail(kind: FailureKind) -> UpstreamFailure:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -26,6 +27,17 @@ def run_main(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def get_once_up(url: str, what: str, **kwargs: Any) -> httpx.Response:
+    """The first answer from a server that is starting (connection refused until it listens)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(url, timeout=1, **kwargs)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"{what} did not start")
+
+
 def test_python_main_starts_without_a_cookie_and_says_how_to_add_one(tmp_path: Path) -> None:
     port = free_port()
     proc = run_main(
@@ -33,15 +45,7 @@ def test_python_main_starts_without_a_cookie_and_says_how_to_add_one(tmp_path: P
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("python main.py did not start")
+        assert get_once_up(f"{url}/health", "python main.py").status_code == 200
         response = httpx.post(
             f"{url}/v1/chat/completions",
             json={"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]},
@@ -68,16 +72,7 @@ def test_auth_disabled_must_be_explicit_and_then_serves_without_a_key(tmp_path: 
     port = free_port()
     proc = run_main(tmp_path, {"AUTH_DISABLED": "true", "HOST": "127.0.0.1", "PORT": str(port)})
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("did not start")
-        assert response.status_code == 200
+        assert get_once_up(f"http://127.0.0.1:{port}/v1/models", "AUTH_DISABLED=true").status_code == 200
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=15)
@@ -97,19 +92,11 @@ def test_settings_come_from_a_dotenv_file_in_the_working_directory(tmp_path: Pat
     (tmp_path / ".env").write_text(f"API_MASTER_KEY=sk-from-dotenv-0000000\nHOST=127.0.0.1\nPORT={port}\n")
     proc = run_main(tmp_path, {})
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(
-                    f"http://127.0.0.1:{port}/v1/models",
-                    headers={"Authorization": "Bearer sk-from-dotenv-0000000"},
-                    timeout=1,
-                )
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("did not start from .env")
+        response = get_once_up(
+            f"http://127.0.0.1:{port}/v1/models",
+            "python main.py with .env",
+            headers={"Authorization": "Bearer sk-from-dotenv-0000000"},
+        )
         assert response.status_code == 200
     finally:
         proc.terminate()
