@@ -14,7 +14,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,17 +24,12 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, base_env, free_port
+
 EMULATOR = ROOT / "tests" / "upstream_emulator.py"
 MASTER_KEY = "sk-bench-master-key-0123456789"
 COOKIES = ["session=bench-cookie-aaaaaaaaaaaaaaaa", "session=bench-cookie-bbbbbbbbbbbbbbbb"]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raise_fd_limit() -> None:
@@ -45,15 +39,6 @@ def raise_fd_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def base_env() -> dict[str, str]:
-    """The machine's environment without anything that configures the gateway."""
-    prefixes = ("API_", "GPTOMNI_", "UPSTREAM_", "AUTH_", "ADMIN_", "CREDENTIAL", "MODEL_", "SERVED_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def pinned(cpus: set[int] | None) -> Callable[[], None] | None:

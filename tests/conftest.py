@@ -4,9 +4,7 @@ never leaks into a test, and writes its log to a file the tests can read."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,25 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, base_env, free_port
+
 EMULATOR = ROOT / "tests" / "upstream_emulator.py"
 MASTER_KEY = "sk-test-master-key-0123456789"
 TRANSPORTS = ("curl_cffi", "cloudscraper")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def base_env() -> dict[str, str]:
-    """The machine's environment without anything that configures the gateway."""
-    prefixes = ("API_", "GPTOMNI_", "UPSTREAM_", "AUTH_", "ADMIN_", "CREDENTIAL", "MODEL_", "SERVED_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 class Emulator:

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.chat.service import ChatService
@@ -39,18 +40,23 @@ def keys_match(presented: str | None, expected: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def check_key(request: Request, expected: SecretStr, *, what: str, placeholder: str, code: str) -> None:
+    """A 401 unless the request presents `expected`, saying whether the key was missing or wrong."""
+    presented = presented_key(request)
+    if not keys_match(presented, expected.get_secret_value()):
+        message = (
+            f"Missing {what}: send it as 'Authorization: Bearer {placeholder}'."
+            if presented is None
+            else f"Incorrect {what} provided."
+        )
+        raise ApiError(401, message, type="invalid_request_error", code=code)
+
+
 async def require_api_key(request: Request) -> None:
     settings: Settings = request.app.state.settings
     if settings.auth_disabled or settings.api_master_key is None:
         return
-    presented = presented_key(request)
-    if not keys_match(presented, settings.api_master_key.get_secret_value()):
-        message = (
-            "Missing API key: send it as 'Authorization: Bearer <key>'."
-            if presented is None
-            else "Incorrect API key provided."
-        )
-        raise ApiError(401, message, type="invalid_request_error", code="invalid_api_key")
+    check_key(request, settings.api_master_key, what="API key", placeholder="<key>", code="invalid_api_key")
 
 
 async def require_admin_key(request: Request) -> None:
@@ -59,14 +65,9 @@ async def require_admin_key(request: Request) -> None:
     if settings.admin_key is None:
         # The same 404 as any unknown path: an unconfigured admin surface does not announce itself.
         raise StarletteHTTPException(404)
-    presented = presented_key(request)
-    if not keys_match(presented, settings.admin_key.get_secret_value()):
-        message = (
-            "Missing admin key: send it as 'Authorization: Bearer <ADMIN_KEY>'."
-            if presented is None
-            else "Incorrect admin key provided."
-        )
-        raise ApiError(401, message, type="invalid_request_error", code="invalid_admin_key")
+    check_key(
+        request, settings.admin_key, what="admin key", placeholder="<ADMIN_KEY>", code="invalid_admin_key"
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -215,8 +215,10 @@ def test_keepalive_comments_while_upstream_is_silent(gateway: Gateway) -> None:
 
 def test_wrong_or_missing_key_is_401(gateway: Gateway) -> None:
     body = {"model": "gptomni", "messages": user("hi")}
-    assert_envelope(post(gateway, body, key="sk-wrong"), 401, "invalid_api_key")
-    assert_envelope(post(gateway, body, key=None), 401, "invalid_api_key")
+    wrong = assert_envelope(post(gateway, body, key="sk-wrong"), 401, "invalid_api_key")
+    missing = assert_envelope(post(gateway, body, key=None), 401, "invalid_api_key")
+    assert wrong["message"] == "Incorrect API key provided."
+    assert missing["message"] == "Missing API key: send it as 'Authorization: Bearer <key>'."
     with pytest.raises(openai.AuthenticationError):
         gateway.openai(api_key="sk-wrong").chat.completions.create(model="gptomni", messages=user("hi"))
     assert_envelope(httpx.get(f"{gateway.url}/v1/models", timeout=5), 401, "invalid_api_key")

@@ -1,0 +1,26 @@
+"""What every program that starts the gateway or the emulator as a child needs: the repository root,
+a free loopback port, and an environment with no gateway setting leaking in from the machine.
+Shared by the tests and the benchmark; no pytest import, so `bench/` can use it too."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env() -> dict[str, str]:
+    """The machine's environment without anything that configures the gateway."""
+    prefixes = ("API_", "GPTOMNI_", "UPSTREAM_", "AUTH_", "ADMIN_", "CREDENTIAL", "MODEL_", "SERVED_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
