@@ -7,6 +7,7 @@ configuration table mirrors the fields below (a test checks that they stay in st
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatchcase
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -189,7 +190,20 @@ class Settings(BaseSettings):
     )
     model_aliases: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Extra names for served models: `gpt-4o=gptomni,gpt-4=gptomni` or JSON.",
+        description="Extra names for served models: `gpt-4o=gptomni,claude-*=gptomni` (globs) or JSON.",
+    )
+    max_prompt_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="Longest prompt sent upstream (characters); oldest turns are dropped to fit. Unset: off.",
+    )
+    responses_ttl: float = Field(
+        default=3600.0, gt=0, description="Seconds a stored Responses API response can be continued or read."
+    )
+    responses_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="Stored Responses API responses kept at most (oldest dropped first).",
     )
     prompt_mode: Literal["full", "last_user"] = Field(
         default="full",
@@ -251,6 +265,11 @@ class Settings(BaseSettings):
             return value.strip()
         return None
 
+    @field_validator("max_prompt_chars", mode="before")
+    @classmethod
+    def _blank_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("credentials_file", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
@@ -286,10 +305,26 @@ class Settings(BaseSettings):
 
     @cached_property
     def model_table(self) -> dict[str, str]:
-        """Every name a client may send, mapped to the served model it means."""
+        """Every exact name a client may send, mapped to the served model it means (globs aside)."""
         table = {model: model for model in self.served_models}
-        table.update(self.model_aliases)
+        table.update({alias: model for alias, model in self.model_aliases.items() if not is_glob(alias)})
         return table
+
+    @cached_property
+    def model_patterns(self) -> list[tuple[str, str]]:
+        """The glob aliases (`claude-*`), in the order given."""
+        return [(alias, model) for alias, model in self.model_aliases.items() if is_glob(alias)]
+
+    def resolve_model(self, name: str) -> str | None:
+        """The served model a client's model name means: an exact name first, then the first glob."""
+        served = self.model_table.get(name)
+        if served is not None:
+            return served
+        return next((model for pattern, model in self.model_patterns if fnmatchcase(name, pattern)), None)
+
+
+def is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
 
 
 def load_settings() -> Settings:

@@ -10,16 +10,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin_routes, health_routes, metrics_routes, openai_routes
-from app.api.errors import install_error_handlers
-from app.chat.service import ChatService
+from app.api import admin_routes, health_routes, metrics_routes
 from app.config import ConfigError, Settings, load_settings
+from app.core.service import ChatService
 from app.credentials.keeper import PoolKeeper
 from app.credentials.pool import CredentialPool, PoolPolicy
 from app.credentials.store import CredentialStore, StoreError
+from app.http.errors import install_error_handlers
 from app.logs import configure_logging, register_secret
 from app.observability.access import AccessLogMiddleware
 from app.observability.metrics import Metrics, multiproc_dir
+from app.surfaces.anthropic import routes as anthropic_routes
+from app.surfaces.completions import routes as completions_routes
+from app.surfaces.openai_chat import routes as openai_chat_routes
+from app.surfaces.openai_responses import routes as responses_routes
 from app.upstream.gptomni import GptomniClient
 from app.upstream.transport import Timeouts, build_transport
 
@@ -101,7 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.include_router(health_routes.router)
-    app.include_router(openai_routes.router)
+    app.include_router(openai_chat_routes.router)
+    app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
+    app.include_router(completions_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(admin_routes.router)
     return app

@@ -27,7 +27,7 @@ TOP = 25
 
 
 def package_of(frame: str) -> str:
-    """`function (path:line)` -> a coarse owner: `app/chat`, `starlette`, `asyncio`, ..."""
+    """`function (path:line)` -> a coarse owner: `app/core`, `starlette`, `asyncio`, ..."""
     path = frame.rpartition("(")[2].rstrip(")").rpartition(":")[0]
     parts = Path(path).parts
     if "app" in parts and "site-packages" not in parts:

@@ -201,3 +201,29 @@ def test_prompt_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load(monkeypatch, PROMPT_MODE="last_user").prompt_mode == "last_user"
     with pytest.raises(ValidationError):
         load(monkeypatch, PROMPT_MODE="everything")
+
+
+def test_glob_aliases_resolve_agents_dated_model_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_ALIASES", "claude-*=gptomni,gpt-5*=gptomni,claude-sonnet-4-5=gptomni")
+    settings = load(monkeypatch)
+    assert settings.resolve_model("claude-sonnet-4-5-20250929") == "gptomni"
+    assert settings.resolve_model("claude-haiku-4-5") == "gptomni"
+    assert settings.resolve_model("gpt-5.1-codex") == "gptomni"
+    assert settings.resolve_model("gptomni") == "gptomni"
+    assert settings.resolve_model("gpt-4o") is None
+    assert settings.resolve_model("xclaude-1") is None  # a glob matches the whole name
+    # Exact names are listed as models; globs are not names.
+    assert set(settings.model_table) == {"gptomni", "claude-sonnet-4-5"}
+
+
+def test_glob_alias_must_point_at_a_served_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_ALIASES", "claude-*=claude")
+    with pytest.raises(ValidationError, match="not in SERVED_MODELS"):
+        load(monkeypatch)
+
+
+def test_max_prompt_chars_blank_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_PROMPT_CHARS", " ")
+    assert load(monkeypatch).max_prompt_chars is None
+    monkeypatch.setenv("MAX_PROMPT_CHARS", "5000")
+    assert load(monkeypatch).max_prompt_chars == 5000

@@ -11,10 +11,10 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from app.api.deps import AdminKey, ChatServiceDep
-from app.api.openai_routes import read_body
+from app.core.errors import GatewayError, invalid_request
 from app.credentials.pool import Credential, CredentialPool
-from app.protocol.openai import ApiError, invalid_request
+from app.http.body import read_body
+from app.http.deps import AdminKey, ChatServiceDep
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 
@@ -50,7 +50,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 def _found(pool: CredentialPool, credential_id: str) -> Credential:
     credential = pool.get(credential_id)
     if credential is None:
-        raise ApiError(
+        raise GatewayError(
             404, f"No credential with id '{credential_id}'.", param="id", code="credential_not_found"
         )
     return credential

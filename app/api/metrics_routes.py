@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import AdminKey
+from app.http.deps import AdminKey
 from app.observability.metrics import CONTENT_TYPE, Metrics
 
 router = APIRouter()

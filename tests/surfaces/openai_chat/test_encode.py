@@ -10,14 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.chat.sse import (
+from app.http.sse import KEEPALIVE, sse_event
+from app.surfaces.openai_chat.encode import (
     DONE,
-    KEEPALIVE,
     ChunkEncoder,
     completion_body,
     completion_id,
     error_event,
-    sse_event,
 )
 
 TRICKY = 'He said "hi"\n\ttab \\ back\r\n你好 😀 </script> \u2028 \x00 end'

@@ -1,4 +1,4 @@
-"""Tests for app.chat.tools: prompt rendering, tool-call parsing (whole and streamed), stops, JSON mode."""
+"""Tests for app.core.tools: prompt rendering, tool-call parsing (whole and streamed), stops, JSON mode."""
 
 from __future__ import annotations
 
@@ -9,23 +9,40 @@ from typing import Any
 
 import pytest
 
-from app.chat.tools import (
+from app.core import tools as core
+from app.core.events import TextDelta, ToolCallDelta, new_call_id
+from app.core.tools import (
     ParsedAnswer,
     ParsedCall,
     StopSequenceCutter,
     StreamEvent,
-    TextDelta,
-    ToolCallDelta,
     ToolCallStreamParser,
     clean_json_answer,
-    new_call_id,
     parse_tool_calls,
-    render_assistant_tool_calls,
-    render_response_format,
     render_tool_result,
-    render_tools_instructions,
-    tool_names_of,
 )
+from app.surfaces.openai_chat.decode import (
+    output_format,
+    tool_call_of,
+    tool_choice_of,
+    tool_names_of,
+    tool_specs,
+)
+
+# The rendering tests are written with Chat Completions tools and choices, decoded by that surface.
+
+
+def render_tools_instructions(tools: Any, tool_choice: Any, parallel: bool | None) -> str:
+    return core.render_tools_instructions(tool_specs(tools), tool_choice_of(tool_choice, parallel))
+
+
+def render_assistant_tool_calls(tool_calls: list[dict[str, Any]], content: str | None) -> str:
+    return core.render_assistant_tool_calls([tool_call_of(call) for call in tool_calls], content)
+
+
+def render_response_format(response_format: dict[str, Any] | None) -> str:
+    return core.render_response_format(output_format(response_format))
+
 
 WEATHER: dict[str, Any] = {
     "type": "function",
@@ -52,7 +69,7 @@ TIME: dict[str, Any] = {
 }
 TOOLS = [WEATHER, TIME]
 NAMES = {"get_weather", "get_time"}
-CALL_ID_RE = re.compile(r"^call_[A-Za-z0-9]{24}$")
+CALL_ID_RE = re.compile(r"^[A-Za-z0-9]{24}$")  # neutral: each surface adds its own prefix
 
 PARIS = ("get_weather", {"city": "Paris"})
 BLOCK = '<tool_calls>\n[{"name": "get_weather", "arguments": {"city": "Paris"}}]\n</tool_calls>'

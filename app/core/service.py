@@ -1,9 +1,9 @@
-"""One chat completion, end to end: prompt, credential, upstream answer, OpenAI response.
+"""One answer, end to end: prompt, credential, upstream answer, neutral events.
 
 The rule that shapes this module: nothing is written to the client before the upstream has
 answered. Until then a failure is retried on the next credential (up to `upstream_max_attempts`)
-and, if every try fails, becomes one HTTP error. Once a stream has started, a failure can only end
-it with an SSE error event.
+and, if every try fails, becomes one `GatewayError`. Once a stream has started, a failure can only
+end it with a `Failed` event. The surfaces turn what comes out of here into their dialect.
 """
 
 from __future__ import annotations
@@ -12,29 +12,27 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 
-from app.chat.answer import AnswerShaper, CollectedAnswer, tool_call_delta
-from app.chat.prompt import render_prompt
-from app.chat.sse import DONE, KEEPALIVE, ChunkEncoder, completion_body, completion_id, error_event
-from app.chat.tools import (
-    TextDelta,
+from app.config import Settings
+from app.core.errors import GatewayError
+from app.core.events import Completion, Event, Failed, Finished, KeepAlive, Started, TextDelta, Usage
+from app.core.job import Job
+from app.core.prompt import PromptTooLong, render_prompt
+from app.core.shaping import AnswerShaper, CollectedAnswer
+from app.core.tools import (
     render_assistant_tool_calls,
     render_response_format,
     render_tool_result,
     render_tools_instructions,
-    tool_names_of,
 )
-from app.chat.usage import estimate_prompt_tokens, usage
-from app.config import Settings
+from app.core.usage import estimate_prompt_tokens, estimate_tokens, usage
 from app.credentials.pool import Credential, CredentialPool, CredentialState, PoolSaturated
 from app.observability.context import note_credential, note_first_byte, note_model, note_upstream_outcome
-from app.protocol.openai import ApiError, ChatCompletionRequest, invalid_request
 from app.upstream.failures import FailureKind, UpstreamFailure
 from app.upstream.gptomni import Answer, GptomniClient
 from app.upstream.transport import TransportBusy
@@ -50,10 +48,9 @@ PROBE_PROMPT = "Reply with the single word OK."
 
 @dataclass
 class Prepared:
-    model: str  # as the client named it (echoed back, as OpenAI does)
+    model: str  # as the client named it (echoed back)
     prompt: str
     prompt_tokens: int
-    include_usage: bool
     tool_names: set[str] | None = None  # None: tool calls are not parsed out of the answer
     stops: list[str] | None = None
     max_tokens: int | None = None
@@ -63,27 +60,6 @@ class Prepared:
         return AnswerShaper(
             tool_names=self.tool_names, stops=self.stops, max_tokens=self.max_tokens, json_mode=self.json_mode
         )
-
-
-def check_tools(request: ChatCompletionRequest) -> set[str] | None:
-    """The function names a request offers, validated; None when the model must not call any."""
-    for index, tool in enumerate(request.tools or []):
-        function = tool.get("function")
-        if tool.get("type", "function") != "function" or not isinstance(function, dict):
-            raise invalid_request("Only function tools are supported.", param=f"tools[{index}]")
-        if not isinstance(function.get("name"), str) or not function["name"]:
-            raise invalid_request("A function tool needs a name.", param=f"tools[{index}].function.name")
-    names = tool_names_of(request.tools)
-    choice = request.tool_choice
-    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
-        raise invalid_request("tool_choice must be auto, none, required or a function.", param="tool_choice")
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        if name not in names:
-            raise invalid_request(f"tool_choice names an unknown function {name!r}.", param="tool_choice")
-    if choice is not None and choice != "none" and not names:
-        raise invalid_request("tool_choice needs tools.", param="tool_choice")
-    return names if names and choice != "none" else None
 
 
 @dataclass
@@ -110,16 +86,16 @@ class Opened:
 
 @dataclass
 class StreamPlan:
-    """What the route sends: an SSE body, and what frees everything however the body ends."""
+    """What the route streams: the answer's events, and what frees everything however the body ends."""
 
-    body: AsyncIterator[bytes]
+    events: AsyncIterator[Event]
     close: Callable[[], Awaitable[None]]
 
 
-def failure_error(failure: UpstreamFailure, tried: int, retry_after: float | None = None) -> ApiError:
+def failure_error(failure: UpstreamFailure, tried: int, retry_after: float | None = None) -> GatewayError:
     """The HTTP error a client gets when the last credential tried failed this way."""
     if failure.kind is FailureKind.AUTH:
-        return ApiError(
+        return GatewayError(
             503,
             f"No usable gptomni credential: the upstream rejected the {tried} credential(s) tried "
             f"({failure.status}: expired or signed-out cookie). Add a fresh cookie.",
@@ -129,7 +105,7 @@ def failure_error(failure: UpstreamFailure, tried: int, retry_after: float | Non
     if failure.kind is FailureKind.RATE_LIMITED:
         wait = failure.retry_after if failure.retry_after is not None else retry_after
         headers = {"Retry-After": str(max(1, math.ceil(wait)))} if wait is not None else {}
-        return ApiError(
+        return GatewayError(
             429,
             f"The upstream is rate limiting every credential tried ({failure.message}).",
             type="rate_limit_error",
@@ -137,41 +113,20 @@ def failure_error(failure: UpstreamFailure, tried: int, retry_after: float | Non
             headers=headers,
         )
     if failure.kind is FailureKind.CLOUDFLARE:
-        return ApiError(
+        return GatewayError(
             502,
             f"{failure.message}. The upstream's Cloudflare is challenging this server; see the README's "
             "troubleshooting section.",
             type="upstream_error",
             code="cloudflare_challenge",
         )
-    return ApiError(502, failure.message, type="upstream_error", code=f"upstream_{failure.kind.value}")
+    return GatewayError(502, failure.message, type="upstream_error", code=f"upstream_{failure.kind.value}")
 
 
 async def wait_for_disconnect(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Returns once `receive` reports that the client went away."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def run_until_disconnect(receive: Callable[[], Awaitable[Any]], work: Awaitable[T]) -> T | None:
-    """Run `work`, cancelling it if the client disconnects first (then None).
-
-    uvicorn does not cancel a handler whose client went away, and Starlette only watches for it
-    while a streaming body is being sent; before that, this is what stops the upstream call.
-    """
-
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        return None
-    return task.result()
 
 
 class ChatService:
@@ -182,10 +137,10 @@ class ChatService:
 
     # --- before any upstream call -------------------------------------------------------------
     def resolve_model(self, name: str) -> str:
-        served = self.settings.model_table.get(name)
+        served = self.settings.resolve_model(name)
         if served is None:
             available = ", ".join(sorted(self.settings.model_table))
-            raise ApiError(
+            raise GatewayError(
                 404,
                 f"The model '{name}' does not exist. Available: {available}.",
                 param="model",
@@ -193,35 +148,38 @@ class ChatService:
             )
         return served
 
-    def prepare(self, request: ChatCompletionRequest) -> Prepared:
-        note_model(self.resolve_model(request.model))
-        tool_names = check_tools(request)
-        response_format = request.response_format or {}
-        kind = response_format.get("type", "text")
-        if kind not in ("text", "json_object", "json_schema"):
-            raise invalid_request(f"Unknown response_format type {kind!r}.", param="response_format.type")
-        instructions = [render_response_format(response_format)]
-        if tool_names is not None and request.tools:
-            instructions.insert(
-                0, render_tools_instructions(request.tools, request.tool_choice, request.parallel_tool_calls)
+    def prepare(self, job: Job) -> Prepared:
+        """The prompt and answer shaping for a job; a GatewayError(400) if the prompt cannot fit."""
+        note_model(self.resolve_model(job.model))
+        names = {tool.name for tool in job.tools}
+        tool_names = names if names and job.tool_choice.mode != "none" else None
+        instructions = [render_response_format(job.output)]
+        if tool_names is not None:
+            instructions.insert(0, render_tools_instructions(job.tools, job.tool_choice))
+        try:
+            prompt = render_prompt(
+                job.turns,
+                mode=self.settings.prompt_mode,
+                instructions="\n\n".join(i for i in instructions if i),
+                render_tool_calls=render_assistant_tool_calls,
+                render_tool_result=render_tool_result,
+                max_chars=self.settings.max_prompt_chars,
             )
-        prompt = render_prompt(
-            request.messages,
-            mode=self.settings.prompt_mode,
-            instructions="\n\n".join(i for i in instructions if i),
-            render_tool_calls=render_assistant_tool_calls,
-            render_tool_result=render_tool_result,
-        )
-        stops = [request.stop] if isinstance(request.stop, str) else request.stop
+        except PromptTooLong as exc:
+            raise GatewayError(
+                400,
+                f"The conversation does not fit MAX_PROMPT_CHARS={exc.limit}: the system text, the tools "
+                f"and the last user message alone need {exc.length} characters.",
+                code="context_length_exceeded",
+            ) from None
         return Prepared(
-            model=request.model,
+            model=job.model,
             prompt=prompt,
             prompt_tokens=estimate_prompt_tokens(prompt),
-            include_usage=request.include_usage,
             tool_names=tool_names,
-            stops=[s for s in stops or [] if s] or None,
-            max_tokens=request.max_completion_tokens or request.max_tokens,
-            json_mode=kind != "text",
+            stops=[s for s in job.stops if s] or None,
+            max_tokens=job.max_tokens,
+            json_mode=job.output.kind != "text",
         )
 
     # --- credentials and fail-over ------------------------------------------------------------
@@ -230,7 +188,7 @@ class ChatService:
             credential = await self.pool.acquire_wait(tried, self.settings.rate_limit_wait)
         except PoolSaturated as exc:
             retry_after = max(1, math.ceil(exc.retry_after))
-            raise ApiError(
+            raise GatewayError(
                 429,
                 f"Every gptomni credential is at its rate limit (CREDENTIAL_RATE_LIMIT="
                 f"{self.settings.credential_rate_limit}, MAX_STREAMS_PER_CREDENTIAL="
@@ -242,7 +200,7 @@ class ChatService:
         if credential is not None or last is not None:
             return credential
         if len(self.pool) == 0:
-            raise ApiError(
+            raise GatewayError(
                 503,
                 "No gptomni credential is configured. Copy your gptomni.ai cookie into "
                 "GPTOMNI_CREDENTIALS (see the README) and restart.",
@@ -259,7 +217,9 @@ class ChatService:
         if recovery is not None:
             message += f" (the next is back in {math.ceil(recovery)} s)"
             headers["Retry-After"] = str(max(1, math.ceil(recovery)))
-        raise ApiError(503, message + ".", type="server_error", code="no_usable_credential", headers=headers)
+        raise GatewayError(
+            503, message + ".", type="server_error", code="no_usable_credential", headers=headers
+        )
 
     async def _with_failover(self, attempt: Callable[[Credential], Awaitable[T]]) -> T:
         """Run `attempt` on credentials in turn until one succeeds; fail with the last failure."""
@@ -275,7 +235,7 @@ class ChatService:
                 return await attempt(credential)
             except TransportBusy as busy:
                 self.pool.release(credential)  # not the credential's fault: nothing recorded
-                raise ApiError(
+                raise GatewayError(
                     503,
                     f"The gateway is at capacity: {busy}.",
                     type="server_error",
@@ -319,8 +279,8 @@ class ChatService:
                 log.info("probe of credential %s: %s", credential.id, failure.message if failure else "ok")
 
     # --- non-streaming ------------------------------------------------------------------------
-    async def complete(self, prepared: Prepared) -> dict[str, Any]:
-        async def attempt(credential: Credential) -> tuple[CollectedAnswer, str]:
+    async def complete(self, prepared: Prepared) -> Completion:
+        async def attempt(credential: Credential) -> tuple[CollectedAnswer, AnswerShaper]:
             answer = await self.client.open(prepared.prompt, credential.cookie)
             shaper, collected = prepared.shaper(), CollectedAnswer()
             try:
@@ -334,19 +294,15 @@ class ChatService:
             self.pool.record(credential, None)
             note_upstream_outcome("ok")
             self.pool.release(credential)
-            return collected, shaper.finish_reason
+            return collected, shaper
 
-        collected, finish_reason = await self._with_failover(attempt)
-        arguments = "".join(c["function"]["arguments"] for c in collected.tool_calls)
-        return completion_body(
-            id_=completion_id(),
-            created=int(time.time()),
-            model=prepared.model,
-            content=collected.content,
-            finish_reason=finish_reason,
-            usage=usage(prepared.prompt_tokens, collected.text + arguments),
-            tool_calls=collected.tool_calls or None,
+        collected, shaper = await self._with_failover(attempt)
+        finish = Finished(
+            shaper.finish_reason,
+            usage(prepared.prompt_tokens, collected.counted_text),
+            shaper.stop_sequence,
         )
+        return Completion(collected.text, collected.tool_calls, finish)
 
     # --- streaming ----------------------------------------------------------------------------
     async def open_stream(self, prepared: Prepared) -> Opened:
@@ -389,7 +345,7 @@ class ChatService:
             await _cancel(opening)
             return None
         if opening.done():
-            opened = opening.result()  # an ApiError here is the HTTP error
+            opened = opening.result()  # a GatewayError here is the HTTP error
             return StreamPlan(self.stream(prepared, opened), opened.close)
 
         async def close() -> None:
@@ -402,32 +358,33 @@ class ChatService:
 
     async def _stream_once_open(
         self, prepared: Prepared, opening: asyncio.Future[Opened]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Event]:
         while not opening.done():
             done, _ = await asyncio.wait({opening}, timeout=self.settings.keepalive_interval)
             if not done:
-                yield KEEPALIVE
+                yield KEEP_ALIVE
         try:
             opened = opening.result()
-        except ApiError as error:
-            yield error_event(error.envelope())
+        except GatewayError as error:
+            yield Failed(error)
             return
-        async for piece in self.stream(prepared, opened):
-            yield piece
+        async for event in self.stream(prepared, opened):
+            yield event
 
-    async def stream(self, prepared: Prepared, opened: Opened) -> AsyncIterator[bytes]:
-        """The SSE body for an opened answer. Closing it (client gone) closes the upstream."""
-        encoder = ChunkEncoder(prepared.model, include_usage=prepared.include_usage)
+    async def stream(self, prepared: Prepared, opened: Opened) -> AsyncIterator[Event]:
+        """The events of an opened answer. Closing it (client gone) closes the upstream."""
         credential, answer = opened.credential, opened.answer
         keepalive = self.settings.keepalive_interval
-        completion_chars: list[str] = []
+        completion_chars = 0  # estimated over the text and tool arguments, as they pass
+        counted: list[str] = []
         shaper = prepared.shaper()
         try:
-            yield encoder.role()
+            yield STARTED
             text = opened.first_text
             while text is not None:
                 for event in shaper.feed(text):
-                    yield self._event_chunk(encoder, event, completion_chars)
+                    counted.append(event.text if isinstance(event, TextDelta) else event.arguments)
+                    yield event
                 if shaper.done:
                     break  # a stop sequence or the limit: the upstream is closed below
                 try:
@@ -440,33 +397,32 @@ class ChatService:
                     while not pending.done():
                         done, _ = await asyncio.wait({pending}, timeout=keepalive)
                         if not done:
-                            yield KEEPALIVE
+                            yield KEEP_ALIVE
                     opened.pending = None
                     text = pending.result()
                 except UpstreamFailure as failure:
                     self.pool.record(credential, failure)
                     note_upstream_outcome(failure.kind.value)
                     log.warning("stream from credential %s failed: %s", credential.id, failure.message)
-                    yield error_event(failure_error(failure, 1).envelope())
+                    yield Failed(failure_error(failure, 1))
                     return
             for event in shaper.finish():
-                yield self._event_chunk(encoder, event, completion_chars)
+                counted.append(event.text if isinstance(event, TextDelta) else event.arguments)
+                yield event
             self.pool.record(credential, None)
             note_upstream_outcome("ok")
-            yield encoder.finish(shaper.finish_reason)
-            if prepared.include_usage:
-                yield encoder.usage(usage(prepared.prompt_tokens, "".join(completion_chars)))
-            yield DONE
+            completion_chars = estimate_tokens("".join(counted))
+            yield Finished(
+                shaper.finish_reason,
+                Usage(prepared.prompt_tokens, completion_chars),
+                shaper.stop_sequence,
+            )
         finally:
             await opened.close()
 
-    @staticmethod
-    def _event_chunk(encoder: ChunkEncoder, event: TextDelta | Any, counted: list[str]) -> bytes:
-        if isinstance(event, TextDelta):
-            counted.append(event.text)
-            return encoder.content(event.text)
-        counted.append(event.arguments)
-        return encoder.delta(tool_call_delta(event))
+
+STARTED = Started()
+KEEP_ALIVE = KeepAlive()
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:

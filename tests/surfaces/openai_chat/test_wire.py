@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
-from app.protocol.openai import ApiError, ChatCompletionRequest, invalid_request, parse_chat_request
+from app.core.errors import GatewayError as ApiError
+from app.core.errors import invalid_request
+from app.http.errors import openai_envelope
+from app.surfaces.openai_chat.wire import ChatCompletionRequest, parse_chat_request
 
 MINIMAL: dict[str, Any] = {"model": "gptomni", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -172,7 +175,7 @@ def test_invalid_value_message_names_the_param() -> None:
 
 def test_envelope_has_exactly_the_openai_keys() -> None:
     error = parse_error(body(n=2))
-    envelope = error.envelope()
+    envelope = openai_envelope(error)
     assert list(envelope) == ["error"]
     assert set(envelope["error"]) == {"message", "type", "param", "code"}
     assert envelope["error"]["param"] == "n"
@@ -183,7 +186,7 @@ def test_envelope_has_exactly_the_openai_keys() -> None:
 
 def test_api_error_defaults_and_invalid_request() -> None:
     error = ApiError(503, "no credential", type="service_unavailable", code="no_credentials")
-    assert error.envelope() == {
+    assert openai_envelope(error) == {
         "error": {
             "message": "no credential",
             "type": "service_unavailable",

@@ -9,18 +9,12 @@ since a code fence can only be stripped once the whole answer is known.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from app.chat.tools import (
-    StopSequenceCutter,
-    TextDelta,
-    ToolCallDelta,
-    ToolCallStreamParser,
-    clean_json_answer,
-)
-from app.chat.usage import estimate_tokens
+from app.core.events import AnswerEvent, CalledTool, FinishReason, TextDelta
+from app.core.tools import StopSequenceCutter, ToolCallStreamParser, clean_json_answer
+from app.core.usage import estimate_tokens
 
-Event = TextDelta | ToolCallDelta
+Event = AnswerEvent
 
 
 def cut_to_tokens(text: str, budget: int) -> str:
@@ -77,10 +71,17 @@ class AnswerShaper:
         return self._shape(self._limit(tail)) + self._flush()
 
     @property
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> FinishReason:
         if self._tools is not None and self._tools.called_tools:
-            return "tool_calls"
-        return "length" if self.truncated else "stop"
+            return FinishReason.TOOL_CALLS
+        if self.truncated:
+            return FinishReason.LENGTH
+        return FinishReason.STOP_SEQUENCE if self.stop_sequence is not None else FinishReason.END
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop sequence that ended the answer, if one did."""
+        return self._stops.matched if self._stops is not None else None
 
     def _limit(self, text: str) -> str:
         if self._max_tokens is None or not text:
@@ -122,43 +123,30 @@ class AnswerShaper:
 
 @dataclass
 class CollectedAnswer:
-    """A whole answer: its text and its tool calls in OpenAI's `message.tool_calls` shape."""
+    """A whole answer, gathered from its events: its text and its tool calls."""
 
     text: str = ""
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    _calls: list[list[str]] = field(default_factory=list)  # [id, name, arguments] per call index
 
     def add(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, TextDelta):
                 self.text += event.text
                 continue
-            while len(self.tool_calls) <= event.index:
-                self.tool_calls.append(
-                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-                )
-            call = self.tool_calls[event.index]
+            while len(self._calls) <= event.index:
+                self._calls.append(["", "", ""])
+            call = self._calls[event.index]
             if event.id:
-                call["id"] = event.id
+                call[0] = event.id
             if event.name:
-                call["function"]["name"] = event.name
-            call["function"]["arguments"] += event.arguments
+                call[1] = event.name
+            call[2] += event.arguments
 
     @property
-    def content(self) -> str | None:
-        if self.tool_calls and not self.text.strip():
-            return None  # only tools were called
-        return self.text
+    def tool_calls(self) -> list[CalledTool]:
+        return [CalledTool(id_, name, arguments) for id_, name, arguments in self._calls]
 
-
-def tool_call_delta(event: ToolCallDelta) -> dict[str, Any]:
-    """A ToolCallDelta as OpenAI's `delta.tool_calls[0]`: id, type and name on a call's first delta."""
-    entry: dict[str, Any] = {"index": event.index}
-    if event.id is not None:
-        entry["id"] = event.id
-        entry["type"] = "function"
-    function: dict[str, Any] = {}
-    if event.name is not None:
-        function["name"] = event.name
-    function["arguments"] = event.arguments
-    entry["function"] = function
-    return {"tool_calls": [entry]}
+    @property
+    def counted_text(self) -> str:
+        """What the completion token count is taken over: the text and every call's arguments."""
+        return self.text + "".join(call[2] for call in self._calls)

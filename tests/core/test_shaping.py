@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.chat.answer import AnswerShaper, CollectedAnswer, cut_to_tokens, tool_call_delta
-from app.chat.tools import TextDelta, ToolCallDelta
-from app.chat.usage import estimate_tokens
+from app.core.events import Completion, FinishReason, TextDelta, ToolCallDelta
+from app.core.shaping import AnswerShaper, CollectedAnswer, cut_to_tokens
+from app.core.usage import estimate_tokens
+from app.surfaces.openai_chat.encode import FINISH_REASONS, message_tool_call, tool_call_delta
 
 Event = TextDelta | ToolCallDelta
 TOOLS = {"get_weather"}
@@ -32,6 +34,18 @@ def text_of(events: list[Event]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
+def openai_reason(shaper: AnswerShaper) -> str:
+    return FINISH_REASONS[shaper.finish_reason]
+
+
+def openai_calls(answer: CollectedAnswer) -> list[dict[str, Any]]:
+    return [message_tool_call(call) for call in answer.tool_calls]
+
+
+def content_of(answer: CollectedAnswer) -> str | None:
+    return Completion(answer.text, answer.tool_calls).content
+
+
 def calls_of(events: list[Event]) -> list[ToolCallDelta]:
     return [e for e in events if isinstance(e, ToolCallDelta)]
 
@@ -46,7 +60,7 @@ def test_plain_text_passes_through() -> None:
     assert not shaper.done
     assert shaper.finish() == []
     assert shaper.done
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
     assert shaper.feed("late") == []
 
 
@@ -58,7 +72,7 @@ def test_stop_cuts_and_sets_done() -> None:
     events = shaper.feed("The answer is 42.END and more")
     assert text_of(events) == "The answer is 42."
     assert shaper.done
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
     assert shaper.feed("even more") == []
     assert shaper.finish() == []
 
@@ -117,7 +131,7 @@ def test_max_tokens_cuts_at_the_estimate() -> None:
     assert text_of(events) == text[:20]
     assert shaper.done
     assert shaper.truncated
-    assert shaper.finish_reason == "length"
+    assert openai_reason(shaper) == "length"
     assert shaper.feed("more") == []
     assert shaper.finish() == []
 
@@ -127,7 +141,7 @@ def test_max_tokens_not_reached_is_stop() -> None:
     events = run(shaper, ["short ", "answer"])
     assert text_of(events) == "short answer"
     assert not shaper.truncated
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
 
 
 def test_max_tokens_across_feeds() -> None:
@@ -137,13 +151,13 @@ def test_max_tokens_across_feeds() -> None:
     assert not shaper.done
     cut = shaper.feed("ijklmnop")
     assert text_of(cut) == "ijkl"
-    assert shaper.done and shaper.finish_reason == "length"
+    assert shaper.done and openai_reason(shaper) == "length"
 
 
 def test_max_tokens_counts_cjk_one_each() -> None:
     shaper = AnswerShaper(max_tokens=3)
     assert text_of(shaper.feed("你好世界朋友")) == "你好世"
-    assert shaper.finish_reason == "length"
+    assert openai_reason(shaper) == "length"
 
 
 @given(
@@ -162,7 +176,7 @@ def test_max_tokens_any_chunking_stays_within_budget(text: str, budget: int, siz
     assert text.startswith(out)
     assert estimate_tokens(out) <= budget
     assert shaper.truncated == (out != text)
-    assert shaper.finish_reason == ("length" if out != text else "stop")
+    assert openai_reason(shaper) == ("length" if out != text else "stop")
 
 
 # --- cut_to_tokens ------------------------------------------------------------------------------
@@ -196,10 +210,10 @@ def test_tool_call_is_parsed_and_finish_reason_is_tool_calls() -> None:
     calls = calls_of(events)
     assert calls[0].index == 0 and calls[0].name == "get_weather" and calls[0].id
     assert json.loads("".join(c.arguments for c in calls)) == {"city": "Paris"}
-    assert shaper.finish_reason == "tool_calls"
+    assert openai_reason(shaper) == "tool_calls"
     answer = CollectedAnswer()
     answer.add(events)
-    assert answer.tool_calls[0]["function"]["name"] == "get_weather"
+    assert openai_calls(answer)[0]["function"]["name"] == "get_weather"
 
 
 def test_without_tool_names_a_call_block_is_text() -> None:
@@ -207,7 +221,7 @@ def test_without_tool_names_a_call_block_is_text() -> None:
     events = run(shaper, [CALL_BLOCK])
     assert calls_of(events) == []
     assert text_of(events) == CALL_BLOCK
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
 
 
 def test_unknown_tool_is_text() -> None:
@@ -215,7 +229,7 @@ def test_unknown_tool_is_text() -> None:
     events = run(shaper, [CALL_BLOCK])
     assert calls_of(events) == []
     assert "get_weather" in text_of(events)
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
 
 
 def test_stop_before_a_would_be_tool_call_prevents_it() -> None:
@@ -223,7 +237,7 @@ def test_stop_before_a_would_be_tool_call_prevents_it() -> None:
     events = run(shaper, chunks("I will look it up.\n\n" + CALL_BLOCK, 4))
     assert calls_of(events) == []
     assert text_of(events) == "I will look it up."
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
 
 
 def test_stop_inside_a_would_be_tool_call_stops_it() -> None:
@@ -233,7 +247,7 @@ def test_stop_inside_a_would_be_tool_call_stops_it() -> None:
     assert calls_of(events) == []
     assert "weather" not in text_of(events)
     assert "trailing" not in text_of(events)
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
 
 
 def test_stop_at_the_closing_tag_still_calls_the_tool() -> None:
@@ -244,7 +258,7 @@ def test_stop_at_the_closing_tag_still_calls_the_tool() -> None:
     assert shaper.done  # done at the stop, before finish()
     assert [c.name for c in calls_of(events) if c.name] == ["get_weather"]
     assert "fake" not in text_of(events)
-    assert shaper.finish_reason == "tool_calls"
+    assert openai_reason(shaper) == "tool_calls"
     assert shaper.finish() == []
 
 
@@ -253,7 +267,7 @@ def test_max_tokens_cuts_before_a_tool_call() -> None:
     events = run(shaper, ["Hello there, " + CALL_BLOCK])
     assert calls_of(events) == []
     assert text_of(events) == "Hello th"
-    assert shaper.finish_reason == "length"
+    assert openai_reason(shaper) == "length"
 
 
 # --- JSON mode ------------------------------------------------------------------------------------
@@ -270,7 +284,7 @@ def test_json_mode_holds_text_and_emits_clean_json() -> None:
     assert len(final) == 1
     assert json.loads(text_of(final)) == {"a": 1, "b": [True, None]}
     assert text_of(final).startswith("{")
-    assert shaper.finish_reason == "stop"
+    assert openai_reason(shaper) == "stop"
 
 
 def test_json_mode_with_stop_emits_at_the_stop() -> None:
@@ -293,7 +307,7 @@ def test_json_mode_stop_cuts_before_cleaning() -> None:
 def test_json_mode_with_max_tokens_emits_once() -> None:
     shaper = AnswerShaper(json_mode=True, max_tokens=4)
     events = shaper.feed('{"k": "v"} and then a lot more prose')
-    assert shaper.done and shaper.finish_reason == "length"
+    assert shaper.done and openai_reason(shaper) == "length"
     assert len(events) == 1
     assert json.loads(text_of(events)) == {"k": "v"}
 
@@ -303,7 +317,7 @@ def test_json_mode_with_tools_passes_calls_and_holds_text() -> None:
     events = shaper.feed(CALL_BLOCK)
     assert [c.name for c in calls_of(events) if c.name] == ["get_weather"]
     assert text_of(events) == ""
-    assert shaper.finish_reason == "tool_calls"
+    assert openai_reason(shaper) == "tool_calls"
 
 
 def test_json_mode_empty_answer_emits_nothing() -> None:
@@ -319,8 +333,8 @@ def test_collected_answer_assembles_deltas_by_index() -> None:
     answer.add(
         [
             TextDelta("Checking "),
-            ToolCallDelta(0, "call_a", "get_weather", ""),
-            ToolCallDelta(1, "call_b", "get_time", ""),
+            ToolCallDelta(0, "a", "get_weather", ""),
+            ToolCallDelta(1, "b", "get_time", ""),
             ToolCallDelta(0, None, None, '{"city":'),
             ToolCallDelta(1, None, None, '{"tz":"UTC"}'),
             ToolCallDelta(0, None, None, '"Paris"}'),
@@ -328,8 +342,8 @@ def test_collected_answer_assembles_deltas_by_index() -> None:
     )
     answer.add([TextDelta("both.")])
     assert answer.text == "Checking both."
-    assert answer.content == "Checking both."
-    assert answer.tool_calls == [
+    assert content_of(answer) == "Checking both."
+    assert openai_calls(answer) == [
         {
             "id": "call_a",
             "type": "function",
@@ -342,19 +356,19 @@ def test_collected_answer_assembles_deltas_by_index() -> None:
 def test_collected_answer_content_none_when_only_tools() -> None:
     answer = CollectedAnswer()
     answer.add(
-        [TextDelta("  \n"), ToolCallDelta(0, "call_a", "get_weather", ""), ToolCallDelta(0, None, None, "{}")]
+        [TextDelta("  \n"), ToolCallDelta(0, "a", "get_weather", ""), ToolCallDelta(0, None, None, "{}")]
     )
-    assert answer.content is None
-    assert len(answer.tool_calls) == 1
+    assert content_of(answer) is None
+    assert len(openai_calls(answer)) == 1
 
 
 def test_collected_answer_without_tools_keeps_text() -> None:
     empty = CollectedAnswer()
-    assert empty.content == ""
-    assert empty.tool_calls == []
+    assert content_of(empty) == ""
+    assert openai_calls(empty) == []
     answer = CollectedAnswer()
     answer.add([TextDelta("hi")])
-    assert answer.content == "hi"
+    assert content_of(answer) == "hi"
 
 
 def test_collected_answer_from_a_shaped_stream() -> None:
@@ -363,8 +377,8 @@ def test_collected_answer_from_a_shaped_stream() -> None:
     for part in chunks(CALL_BLOCK, 3):
         answer.add(shaper.feed(part))
     answer.add(shaper.finish())
-    assert answer.content is None
-    (call,) = answer.tool_calls
+    assert content_of(answer) is None
+    (call,) = openai_calls(answer)
     assert call["id"].startswith("call_")
     assert call["type"] == "function"
     assert call["function"]["name"] == "get_weather"
@@ -372,7 +386,7 @@ def test_collected_answer_from_a_shaped_stream() -> None:
 
 
 def test_tool_call_delta_first_and_later() -> None:
-    first = tool_call_delta(ToolCallDelta(2, "call_x", "get_weather", ""))
+    first = tool_call_delta(ToolCallDelta(2, "x", "get_weather", ""))
     assert first == {
         "tool_calls": [
             {
@@ -398,3 +412,23 @@ def test_tool_call_deltas_from_shaper_have_openai_shape(size: int) -> None:
         assert set(entry) == {"index", "function"}
         assert set(entry["function"]) == {"arguments"}
     assert json.loads("".join(e["function"]["arguments"] for e in entries)) == {"city": "Paris"}
+
+
+def test_stop_sequence_is_reported_with_its_reason() -> None:
+    shaper = AnswerShaper(stops=["END", "STOP"])
+    assert text_of(shaper.feed("one two ST") + shaper.feed("OP three END")) == "one two "
+    assert shaper.finish_reason is FinishReason.STOP_SEQUENCE
+    assert shaper.stop_sequence == "STOP"
+
+
+def test_earliest_stop_wins_whatever_its_order() -> None:
+    shaper = AnswerShaper(stops=["later", "soon"])
+    shaper.feed("it ends soon, not later")
+    assert (shaper.finish_reason, shaper.stop_sequence) == (FinishReason.STOP_SEQUENCE, "soon")
+
+
+def test_no_stop_sequence_when_the_answer_just_ends() -> None:
+    shaper = AnswerShaper(stops=["END"])
+    shaper.feed("all done")
+    shaper.finish()
+    assert (shaper.finish_reason, shaper.stop_sequence) == (FinishReason.END, None)

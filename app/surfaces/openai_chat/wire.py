@@ -1,7 +1,7 @@
-"""OpenAI wire shapes: the Chat Completions request, the error envelope, and `parse_chat_request`.
+"""Chat Completions wire shapes: the request model and `parse_chat_request`.
 
 Requests are validated strictly (a string is not a number, "yes" is not a boolean) and every
-validation problem becomes one `ApiError` naming the field, as OpenAI does. Unknown top-level
+validation problem becomes one `GatewayError` naming the field, as OpenAI does. Unknown top-level
 fields are accepted and ignored, because real clients send many.
 """
 
@@ -12,34 +12,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ApiError(Exception):
-    """An error the client should see, as `{"error": {"message", "type", "param", "code"}}`."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-    def envelope(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, type="invalid_request_error", param=param, code=code)
+from app.core.errors import invalid_request
 
 
 class _Strict(BaseModel):
@@ -130,7 +103,7 @@ def _param_of(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """The request from raw JSON bytes, or an ApiError(400) that says what is wrong and where."""
+    """The request from raw JSON bytes, or a GatewayError(400) that says what is wrong and where."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -1,17 +1,29 @@
-"""The conversation rendered into the one prompt string the upstream takes."""
+"""The conversation rendered into the one prompt string the upstream takes.
+
+Conversations are written here as Chat Completions messages and decoded by that surface, so each test
+also pins what the decoder hands the core.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from app.chat.prompt import content_text, render_prompt
-from app.protocol.openai import ApiError, Message
+from app.core.errors import GatewayError as ApiError
+from app.core.job import ToolCall, Turn
+from app.core.prompt import PromptTooLong
+from app.core.prompt import render_prompt as render_turns
+from app.surfaces.openai_chat.decode import content_text, turns_of
+from app.surfaces.openai_chat.wire import Message
 
 
 def msgs(*items: dict[str, Any]) -> list[Message]:
     return [Message.model_validate(item) for item in items]
+
+
+def render_prompt(messages: list[Message], **options: Any) -> str:
+    return render_turns(turns_of(messages), **options)
 
 
 def system(text: Any) -> dict[str, Any]:
@@ -186,7 +198,7 @@ class TestTools:
     def test_custom_renderers_plug_in(self) -> None:
         seen: dict[str, Any] = {}
 
-        def calls(tool_calls: list[dict[str, Any]], content: str | None) -> str:
+        def calls(tool_calls: list[ToolCall], content: str | None) -> str:
             seen["calls"] = (tool_calls, content)
             return "<CALLS>"
 
@@ -201,5 +213,50 @@ class TestTools:
         )
         prompt = render_prompt(conversation, render_tool_calls=calls, render_tool_result=result)
         assert prompt == "User: q\n\nAssistant: <CALLS>\n\nTool: <RESULT>"
-        assert seen["calls"] == ([WEATHER_CALL], None)
+        assert seen["calls"] == ((ToolCall("call_1", "get_weather", '{"city": "Paris"}'),), None)
         assert seen["result"] == ("call_1", "get_weather", "21")  # the name, from the call it answers
+
+
+class TestMaxChars:
+    """MAX_PROMPT_CHARS: the oldest turns go first; system turns, instructions and the last user turn stay."""
+
+    TURNS: ClassVar[list[Turn]] = [
+        Turn("system", "rules"),
+        Turn("user", "first question"),
+        Turn("assistant", "first answer"),
+        Turn("user", "second question"),
+        Turn("assistant", "second answer"),
+        Turn("user", "last question"),
+    ]
+
+    def test_fits_untouched(self) -> None:
+        full = render_turns(self.TURNS)
+        assert render_turns(self.TURNS, max_chars=len(full)) == full
+
+    def test_oldest_turns_dropped_first(self) -> None:
+        full = render_turns(self.TURNS)
+        one_turn = len("User: first question\n\n")
+        assert render_turns(self.TURNS, max_chars=len(full) - one_turn).startswith(
+            "System: rules\n\nAssistant: first answer"
+        )
+        limit = len(full) - one_turn - 1
+        prompt = render_turns(self.TURNS, max_chars=limit)
+        assert len(prompt) <= limit
+        assert "first question" not in prompt
+        assert "first answer" not in prompt
+        assert prompt.startswith("System: rules\n\nUser: second question")
+        assert prompt.endswith("User: last question")
+
+    def test_system_instructions_and_last_user_turn_are_never_dropped(self) -> None:
+        prompt = render_turns(self.TURNS, instructions="TOOLS", max_chars=60)
+        assert prompt == "System: TOOLS\n\nSystem: rules\n\nUser: last question"
+
+    def test_too_long_even_so(self) -> None:
+        with pytest.raises(PromptTooLong) as info:
+            render_turns(self.TURNS, instructions="TOOLS", max_chars=20)
+        assert (info.value.length, info.value.limit) == (49, 20)
+
+    def test_a_lone_message_over_the_limit(self) -> None:
+        with pytest.raises(PromptTooLong):
+            render_turns([Turn("user", "x" * 50)], max_chars=49)
+        assert render_turns([Turn("user", "x" * 50)], max_chars=50) == "x" * 50

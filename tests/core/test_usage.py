@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from app.chat.usage import REPLY_PRIMING, estimate_prompt_tokens, estimate_tokens, usage
+from app.core.events import Usage
+from app.core.usage import REPLY_PRIMING, estimate_prompt_tokens, estimate_tokens, usage
 
 
 @pytest.mark.parametrize(
@@ -49,5 +50,6 @@ def test_prompt_estimate_adds_reply_priming() -> None:
 
 
 def test_usage_totals() -> None:
-    assert usage(10, "abcdefgh") == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
-    assert usage(7, "") == {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}
+    assert usage(10, "abcdefgh") == Usage(prompt_tokens=10, completion_tokens=2)
+    assert usage(10, "abcdefgh").total_tokens == 12
+    assert usage(7, "") == Usage(prompt_tokens=7, completion_tokens=0)

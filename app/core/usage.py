@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from app.core.events import Usage
+
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 REPLY_PRIMING = 3
 
@@ -26,10 +28,5 @@ def estimate_prompt_tokens(prompt: str) -> int:
     return estimate_tokens(prompt) + REPLY_PRIMING
 
 
-def usage(prompt_tokens: int, completion_text: str) -> dict[str, int]:
-    completion_tokens = estimate_tokens(completion_text)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+def usage(prompt_tokens: int, completion_text: str) -> Usage:
+    return Usage(prompt_tokens, estimate_tokens(completion_text))

@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.chat.service import ChatService
 from app.config import Settings
-from app.protocol.openai import ApiError
+from app.core.errors import GatewayError
+from app.core.service import ChatService
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
@@ -49,7 +49,7 @@ def check_key(request: Request, expected: SecretStr, *, what: str, placeholder: 
             if presented is None
             else f"Incorrect {what} provided."
         )
-        raise ApiError(401, message, type="invalid_request_error", code=code)
+        raise GatewayError(401, message, type="invalid_request_error", code=code)
 
 
 async def require_api_key(request: Request) -> None:

@@ -1,8 +1,8 @@
-"""OpenAI tool calling emulated over a text-only upstream model.
+"""Tool calling emulated over a text-only upstream model, in no client's dialect.
 
 Owns the prompt text that describes tools, the transcript rendering of earlier tool calls and results, the
-parsing of the model's text back into OpenAI ``tool_calls`` (whole answer and streaming), stop sequences and
-JSON-mode clean-up. Pure: plain dicts and strings in, dataclasses and strings out, no I/O.
+parsing of the model's text back into tool calls (whole answer and streaming), stop sequences and
+JSON-mode clean-up. Pure: the core's job types and strings in, events and strings out, no I/O.
 
 Call format the model is asked to use (earlier calls are rendered the same way, with an ``"id"`` per call)::
 
@@ -22,7 +22,8 @@ does not parse into at least one call to a known tool):
 * call JSON that starts a line (``{`` or ``[`` first on its line), e.g. the whole answer.
 
 Call JSON is ``{"name", "arguments"}`` (also ``tool_name``/``tool``, ``parameters``/``args``/``input``, or
-the arguments flattened beside ``name``), OpenAI's ``{"type": "function", "function": {...}}``,
+the arguments flattened beside ``name``), the ``{"type": "function", "function": {...}}`` shape models
+learnt from OpenAI,
 ``{"tool_calls": [...]}``, or an array of these; its first key must be one of those keys. ``arguments`` may
 be an object or a JSON string and is re-serialised compactly; missing means ``{}``; a non-object drops the
 entry. Broken JSON (single quotes, trailing commas, missing brackets) is repaired with ``json_repair``.
@@ -36,8 +37,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import secrets
-import string
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -45,6 +44,9 @@ from enum import Enum, auto
 from typing import Any, TypeAlias
 
 import json_repair
+
+from app.core.events import TextDelta, ToolCallDelta, new_call_id
+from app.core.job import OutputFormat, ToolCall, ToolChoice, ToolSpec
 
 __all__ = [
     "ParsedAnswer",
@@ -55,16 +57,12 @@ __all__ = [
     "ToolCallDelta",
     "ToolCallStreamParser",
     "clean_json_answer",
-    "new_call_id",
     "parse_tool_calls",
     "render_assistant_tool_calls",
     "render_response_format",
     "render_tool_result",
     "render_tools_instructions",
-    "tool_names_of",
 ]
-
-_ALNUM = string.ascii_letters + string.digits
 
 _OPEN_TAGS = ("<tool_calls>", "<tool_call>")
 _CLOSE_TAGS = {"<tool_calls>": "</tool_calls>", "<tool_call>": "</tool_call>"}
@@ -83,11 +81,6 @@ _CALL_KEYS = frozenset({*_ENVELOPE_KEYS, *_ARG_KEYS, "tool_calls", "tool_call"})
 _NAME_PREFIXES = ("functions.", "function.", "tools.", "tool.")
 
 
-def new_call_id() -> str:
-    """An OpenAI-style tool call id: ``call_`` and 24 random alphanumerics."""
-    return "call_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
-
-
 @dataclass(frozen=True, slots=True)
 class ParsedCall:
     name: str
@@ -99,21 +92,6 @@ class ParsedCall:
 class ParsedAnswer:
     content: str | None
     calls: list[ParsedCall] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCallDelta:
-    """Maps 1:1 to ``delta.tool_calls[0]``: the first delta of a call has ``id`` and ``name``."""
-
-    index: int
-    id: str | None
-    name: str | None
-    arguments: str
 
 
 StreamEvent: TypeAlias = TextDelta | ToolCallDelta
@@ -129,33 +107,6 @@ def _dumps(value: Any) -> str:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _function_of(tool: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    if tool.get("type", "function") != "function":
-        return None
-    fn = tool.get("function")
-    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
-        return None
-    return fn
-
-
-def tool_names_of(tools: Sequence[Mapping[str, Any]] | None) -> set[str]:
-    """The function names declared in an OpenAI ``tools`` list."""
-    names: set[str] = set()
-    for tool in tools or ():
-        fn = _function_of(tool)
-        if fn is not None:
-            names.add(fn["name"])
-    return names
-
-
-def _forced_tool_name(tool_choice: str | Mapping[str, Any] | None) -> str | None:
-    if not isinstance(tool_choice, Mapping):
-        return None
-    fn = tool_choice.get("function")
-    name = fn.get("name") if isinstance(fn, Mapping) else tool_choice.get("name")
-    return name if isinstance(name, str) and name else None
 
 
 def _example_value(schema: Any) -> Any:
@@ -185,33 +136,27 @@ def _example_arguments(parameters: Any) -> dict[str, Any]:
     return {k: _example_value(props[k]) for k in keys or [next(iter(props))]}
 
 
-def _render_tool_entry(fn: Mapping[str, Any]) -> list[str]:
-    head = f"- {fn['name']}"
-    description = fn.get("description")
+def _render_tool_entry(tool: ToolSpec) -> list[str]:
+    head = f"- {tool.name}"
+    description = tool.description
     if isinstance(description, str) and description.strip():
         head += ": " + "\n  ".join(line.rstrip() for line in description.strip().splitlines())
-    parameters = fn.get("parameters")
+    parameters = tool.parameters
     return [head, f"  parameters: {_compact(parameters if parameters is not None else {})}"]
 
 
-def render_tools_instructions(
-    tools: Sequence[Mapping[str, Any]],
-    tool_choice: str | Mapping[str, Any] | None = None,
-    parallel_tool_calls: bool | None = None,
-) -> str:
-    """The tools section of the prompt; "" when there is nothing to offer or ``tool_choice`` is ``none``."""
-    if tool_choice == "none":
+def render_tools_instructions(tools: Sequence[ToolSpec], choice: ToolChoice | None = None) -> str:
+    """The tools section of the prompt; "" when there is nothing to offer or the choice is ``none``."""
+    choice = choice or ToolChoice()
+    if choice.mode == "none" or not tools:
         return ""
-    functions = [fn for fn in (_function_of(t) for t in tools) if fn is not None]
-    if not functions:
-        return ""
-    forced = _forced_tool_name(tool_choice)
-    shown = next((fn for fn in functions if fn["name"] == forced), functions[0])
-    example = _dumps([{"name": shown["name"], "arguments": _example_arguments(shown.get("parameters"))}])
+    forced = choice.name
+    shown = next((tool for tool in tools if tool.name == forced), tools[0])
+    example = _dumps([{"name": shown.name, "arguments": _example_arguments(shown.parameters)}])
 
     lines = ["# Tools", "", "You can call these tools. Their parameters are given as JSON Schema.", ""]
-    for fn in functions:
-        lines += _render_tool_entry(fn)
+    for tool in tools:
+        lines += _render_tool_entry(tool)
     lines += [
         "",
         "## Calling tools",
@@ -226,13 +171,13 @@ def render_tools_instructions(
         "- You may write one short sentence before the block. Stop right after </tool_calls>.",
         '- Results come back in a later message as <tool_result id="..."> blocks. Never write them yourself.',
     ]
-    if parallel_tool_calls is False:
+    if choice.parallel is False:
         lines.append("- Call at most one tool per reply: exactly one object in the array.")
     else:
         lines.append("- To call several tools at once, put several objects in the array.")
     if forced is not None:
         lines.append(f'- You must call the tool "{forced}" in this reply, and no other tool.')
-    elif tool_choice == "required":
+    elif choice.mode == "required":
         lines.append("- You must call at least one tool in this reply.")
     else:
         lines.append("- Call a tool only when it helps; otherwise just answer, with no <tool_calls> block.")
@@ -249,17 +194,15 @@ def _arguments_for_transcript(raw: Any) -> Any:
     return value if isinstance(value, dict) else raw
 
 
-def render_assistant_tool_calls(tool_calls: Sequence[Mapping[str, Any]], content: str | None) -> str:
+def render_assistant_tool_calls(tool_calls: Sequence[ToolCall], content: str | None) -> str:
     """An earlier assistant turn with tool calls, in the very format the model is asked to answer in."""
     entries: list[dict[str, Any]] = []
     for call in tool_calls:
-        fn = call.get("function")
-        fn = fn if isinstance(fn, Mapping) else call
         entry: dict[str, Any] = {}
-        if call.get("id"):
-            entry["id"] = call["id"]
-        entry["name"] = fn.get("name") or ""
-        entry["arguments"] = _arguments_for_transcript(fn.get("arguments"))
+        if call.id:
+            entry["id"] = call.id
+        entry["name"] = call.name or ""
+        entry["arguments"] = _arguments_for_transcript(call.arguments)
         entries.append(entry)
     parts = [content.strip()] if content and content.strip() else []
     if entries:
@@ -275,27 +218,22 @@ def render_tool_result(tool_call_id: str, name: str | None, content: str) -> str
     return f"<tool_result{attrs}>\n{content}\n</tool_result>"
 
 
-def render_response_format(response_format: Mapping[str, Any] | None) -> str:
-    """Instructions for ``json_object`` / ``json_schema`` response formats; "" for text or none."""
-    if not response_format:
+def render_response_format(output: OutputFormat | None) -> str:
+    """Instructions for the ``json_object`` / ``json_schema`` output formats; "" for text or none."""
+    if output is None or output.kind == "text":
         return ""
-    kind = response_format.get("type")
-    if kind == "json_object":
+    if output.kind == "json_object":
         return "Reply with one valid JSON object and nothing else: no prose, no code fences."
-    if kind != "json_schema":
-        return ""
-    spec = response_format.get("json_schema")
-    spec = spec if isinstance(spec, Mapping) else {}
-    name = spec.get("name")
+    name = output.name
     lines = [
         "Reply with one valid JSON value and nothing else: no prose, no code fences.",
         f"It must conform to this JSON Schema{f' ({name})' if isinstance(name, str) and name else ''}:",
-        _compact(spec.get("schema", {})),
+        _compact(output.schema if output.schema is not None else {}),
     ]
-    description = spec.get("description")
+    description = output.description
     if isinstance(description, str) and description.strip():
         lines.insert(1, f"It is: {description.strip()}")
-    if spec.get("strict"):
+    if output.strict:
         lines.append("Follow the schema exactly: every required property, no other properties.")
     return "\n".join(lines)
 
@@ -792,6 +730,7 @@ class StopSequenceCutter:
         self._stops = tuple(dict.fromkeys(s for s in stops if s))
         self._buf = ""
         self._stopped = False
+        self.matched: str | None = None  # the stop sequence that cut the text (the earliest, then the first)
 
     @property
     def stopped(self) -> bool:
@@ -801,11 +740,12 @@ class StopSequenceCutter:
         if self._stopped:
             return "", True
         buf = self._buf + text
-        hits = [i for i in (buf.find(stop) for stop in self._stops) if i >= 0]
+        hits = [(i, stop) for stop in self._stops if (i := buf.find(stop)) >= 0]
         if hits:
+            at, self.matched = min(hits, key=lambda hit: hit[0])
             self._stopped = True
             self._buf = ""
-            return buf[: min(hits)], True
+            return buf[:at], True
         keep = self._partial_stop_len(buf)
         self._buf = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep], False

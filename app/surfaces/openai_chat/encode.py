@@ -1,4 +1,4 @@
-"""OpenAI `chat.completion.chunk` events as server-sent-event bytes, and the `chat.completion` body.
+"""The core's events as Chat Completions: `chat.completion.chunk` SSE bytes and the `chat.completion` body.
 
 A stream's id, created time and model are fixed once; every content chunk is then a precomputed
 prefix + one JSON-encoded string + a precomputed suffix, since this runs once per upstream piece.
@@ -8,20 +8,39 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
+from app.core.events import (
+    CalledTool,
+    Completion,
+    Event,
+    Failed,
+    Finished,
+    FinishReason,
+    KeepAlive,
+    Started,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from app.http.errors import openai_envelope
+from app.http.sse import KEEPALIVE, sse_event
+
 DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keep-alive\n\n"
+CALL_PREFIX = "call_"
+FINISH_REASONS = {
+    FinishReason.END: "stop",
+    FinishReason.STOP_SEQUENCE: "stop",
+    FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.LENGTH: "length",
+}
 
 
 def completion_id() -> str:
     return "chatcmpl-" + secrets.token_urlsafe(18).replace("-", "a").replace("_", "b")
-
-
-def sse_event(payload: Any) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 class ChunkEncoder:
@@ -80,6 +99,74 @@ class ChunkEncoder:
 
 def error_event(envelope: dict[str, Any]) -> bytes:
     return sse_event(envelope)
+
+
+def usage_dict(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def tool_call_delta(event: ToolCallDelta) -> dict[str, Any]:
+    """A ToolCallDelta as OpenAI's `delta.tool_calls[0]`: id, type and name on a call's first delta."""
+    entry: dict[str, Any] = {"index": event.index}
+    if event.id is not None:
+        entry["id"] = CALL_PREFIX + event.id
+        entry["type"] = "function"
+    function: dict[str, Any] = {}
+    if event.name is not None:
+        function["name"] = event.name
+    function["arguments"] = event.arguments
+    entry["function"] = function
+    return {"tool_calls": [entry]}
+
+
+def message_tool_call(call: CalledTool) -> dict[str, Any]:
+    """A called tool in `message.tool_calls`."""
+    return {
+        "id": CALL_PREFIX + call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+async def encode_stream(
+    events: AsyncIterator[Event], model: str, *, include_usage: bool = False
+) -> AsyncIterator[bytes]:
+    """The SSE body: a role chunk once the upstream answered, content and tool-call chunks, the
+    finish chunk, the usage chunk when asked for, and `[DONE]`; a failure is an error event."""
+    encoder = ChunkEncoder(model, include_usage=include_usage)
+    async for event in events:
+        if isinstance(event, TextDelta):
+            yield encoder.content(event.text)
+        elif isinstance(event, ToolCallDelta):
+            yield encoder.delta(tool_call_delta(event))
+        elif isinstance(event, KeepAlive):
+            yield KEEPALIVE
+        elif isinstance(event, Started):
+            yield encoder.role()
+        elif isinstance(event, Finished):
+            yield encoder.finish(FINISH_REASONS[event.reason])
+            if include_usage:
+                yield encoder.usage(usage_dict(event.usage))
+            yield DONE
+        elif isinstance(event, Failed):
+            yield error_event(openai_envelope(event.error))
+
+
+def body_of(completion: Completion, model: str) -> dict[str, Any]:
+    """The `chat.completion` body of a whole answer."""
+    return completion_body(
+        id_=completion_id(),
+        created=int(time.time()),
+        model=model,
+        content=completion.content,
+        finish_reason=FINISH_REASONS[completion.finish.reason],
+        usage=usage_dict(completion.finish.usage),
+        tool_calls=[message_tool_call(call) for call in completion.tool_calls] or None,
+    )
 
 
 def completion_body(

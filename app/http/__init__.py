@@ -1,0 +1,1 @@
+"""Shared HTTP plumbing for every surface: dependencies, body limit, SSE, error envelopes."""

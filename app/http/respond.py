@@ -1,0 +1,68 @@
+"""One answer as an HTTP response, for any surface: JSON when whole, SSE when streamed.
+
+The surface brings its body builder and its stream encoder; this owns the disconnect handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from app.core.events import Completion, Event
+from app.core.service import ChatService, Prepared, wait_for_disconnect
+from app.http.sse import SSEResponse
+
+T = TypeVar("T")
+CLIENT_GONE = 499  # nobody reads it; the access log records it
+
+
+async def run_until_disconnect(receive: Callable[[], Awaitable[Any]], work: Awaitable[T]) -> T | None:
+    """Run `work`, cancelling it if the client disconnects first (then None).
+
+    uvicorn does not cancel a handler whose client went away, and Starlette only watches for it
+    while a streaming body is being sent; before that, this is what stops the upstream call.
+    """
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+async def respond(
+    request: Request,
+    service: ChatService,
+    prepared: Prepared,
+    *,
+    stream: bool,
+    body: Callable[[Completion], Any],
+    encode: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
+) -> Response:
+    if not stream:
+        completion = await run_until_disconnect(request.receive, service.complete(prepared))
+        if completion is None:
+            return Response(status_code=CLIENT_GONE)
+        return json_response(body(completion))
+    plan = await service.start_stream(prepared, request.receive)
+    if plan is None:
+        return Response(status_code=CLIENT_GONE)
+    return SSEResponse(encode(plan.events), plan.close)

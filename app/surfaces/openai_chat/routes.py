@@ -1,0 +1,60 @@
+"""The Chat Completions surface: `/v1/chat/completions` and `/v1/models`. Thin: parse, call, map."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.core.errors import GatewayError
+from app.core.events import Completion, Event
+from app.http.body import read_body
+from app.http.deps import ApiKey, ChatServiceDep, SettingsDep
+from app.http.respond import json_response, respond
+from app.surfaces.openai_chat.decode import decode
+from app.surfaces.openai_chat.encode import body_of, encode_stream
+from app.surfaces.openai_chat.wire import parse_chat_request
+
+router = APIRouter(prefix="/v1", dependencies=[ApiKey])
+
+# Fixed, so /v1/models answers the same every time (clients cache it).
+MODEL_CREATED = 1_735_689_600
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
+    body = await read_body(request, settings.max_request_bytes)
+    chat_request = parse_chat_request(body)
+    service.resolve_model(chat_request.model)  # an unknown model is a 404 before any other check
+    prepared = service.prepare(decode(chat_request))
+    model, include_usage = chat_request.model, chat_request.include_usage
+
+    def whole(completion: Completion) -> dict[str, Any]:
+        return body_of(completion, model)
+
+    def encode(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+        return encode_stream(events, model, include_usage=include_usage)
+
+    return await respond(
+        request, service, prepared, stream=bool(chat_request.stream), body=whole, encode=encode
+    )
+
+
+def _model_card(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": MODEL_CREATED, "owned_by": "gptomni"}
+
+
+@router.get("/models")
+async def list_models(settings: SettingsDep) -> Response:
+    return json_response({"object": "list", "data": [_model_card(m) for m in settings.model_table]})
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, settings: SettingsDep) -> Response:
+    if settings.resolve_model(model_id) is None:
+        raise GatewayError(
+            404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found"
+        )
+    return json_response(_model_card(model_id))
