@@ -7,7 +7,7 @@ fields are accepted and ignored, because real clients send many.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,14 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.core.errors import invalid_request
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
-class Message(_Strict):
+class Message(Strict):
     role: Role
     content: Any = None
     name: str | None = None
@@ -50,11 +50,11 @@ class Message(_Strict):
         return self
 
 
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(_Strict):
+class ChatCompletionRequest(Strict):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     stream: bool | None = False
@@ -102,8 +102,11 @@ def _param_of(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """The request from raw JSON bytes, or a GatewayError(400) that says what is wrong and where."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_request(body: bytes, model: type[M]) -> M:
+    """An OpenAI-style request from raw JSON bytes, or a GatewayError(400) saying what is wrong and where."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -113,7 +116,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     try:
-        return ChatCompletionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         param = _param_of(tuple(error["loc"]))
@@ -123,3 +126,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         elif param:
             message = f"Invalid value for '{param}': {message}"
         raise invalid_request(message, param=param or None) from None
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    return parse_request(body, ChatCompletionRequest)
