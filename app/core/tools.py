@@ -10,7 +10,7 @@ Call format the model is asked to use (earlier calls are rendered the same way, 
     [{"name": "get_weather", "arguments": {"city": "Paris"}}]
     </tool_calls>
 
-Tool results are rendered as ``<tool_result id="call_..." name="get_weather">\\n...\\n</tool_result>``.
+Tool results are rendered as ``<tool_result id="<call id>" name="get_weather">\\n...\\n</tool_result>``.
 
 What the parser accepts as a call, because models slip (everything else is text, and so is a candidate that
 does not parse into at least one call to a known tool):
@@ -136,13 +136,38 @@ def _example_arguments(parameters: Any) -> dict[str, Any]:
     return {k: _example_value(props[k]) for k in keys or [next(iter(props))]}
 
 
+# Keys of a JSON Schema that tell a validator about the schema itself, not the model about the value.
+_SCHEMA_META_KEYS = frozenset({"$schema", "$id", "$comment"})
+
+
+# Keywords whose value maps names (of properties or definitions) to schemas: the names are data.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def _schema_for_prompt(schema: Any) -> Any:
+    """The schema without its meta keys: agents send `$schema` on every tool, tokens the model never needs."""
+    if isinstance(schema, list):
+        return [_schema_for_prompt(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_META_KEYS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            out[key] = {name: _schema_for_prompt(item) for name, item in value.items()}
+        else:
+            out[key] = _schema_for_prompt(value)
+    return out
+
+
 def _render_tool_entry(tool: ToolSpec) -> list[str]:
     head = f"- {tool.name}"
     description = tool.description
     if isinstance(description, str) and description.strip():
         head += ": " + "\n  ".join(line.rstrip() for line in description.strip().splitlines())
-    parameters = tool.parameters
-    return [head, f"  parameters: {_compact(parameters if parameters is not None else {})}"]
+    parameters = _schema_for_prompt(tool.parameters) if tool.parameters is not None else {}
+    return [head, f"  parameters: {_compact(parameters)}"]
 
 
 def render_tools_instructions(tools: Sequence[ToolSpec], choice: ToolChoice | None = None) -> str:

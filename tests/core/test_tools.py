@@ -751,3 +751,20 @@ def test_stop_cutter_matches_reference_for_random_splits(seed: int) -> None:
     expected = (text[: min(hits)], True) if hits else (text, False)
     for chunks in _splits(text, seed)[::3]:
         assert _cut(stops, chunks) == expected, (stops, chunks)
+
+
+def test_schema_meta_keys_are_left_out_of_the_prompt_but_property_names_stay() -> None:
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "$schema": {"type": "string", "$comment": "a parameter that happens to be called $schema"},
+            "items": {"type": "array", "items": {"$id": "x", "type": "string"}},
+        },
+        "additionalProperties": False,
+    }
+    text = core.render_tools_instructions([core.ToolSpec("t", "d", schema)])
+    assert (
+        '  parameters: {"type":"object","properties":{"$schema":{"type":"string"},'
+        '"items":{"type":"array","items":{"type":"string"}}},"additionalProperties":false}'
+    ) in text
