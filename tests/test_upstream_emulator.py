@@ -94,6 +94,71 @@ def test_scripted_reply_round_trips_unicode(client: httpx.Client) -> None:
     assert b"".join(pieces).decode("utf-8") == reply
 
 
+TOOL_CALL_REPLY = '<tool_calls>\n[{"name": "Bash", "arguments": {"command": "echo hi"}}]\n</tool_calls>'
+SCRIPT = (
+    f"Run it.\n<<<EMU_REPLY@0\n{TOOL_CALL_REPLY}\nEMU_REPLY>>>\n"
+    "<<<EMU_REPLY@1\nThe tool said hi.\nEMU_REPLY>>>\n"
+    "<<<EMU_REPLY@2\nTwo results.\nEMU_REPLY>>>\n"
+)
+# What the gateway's tool instructions say about results: mentions the tag, is no result.
+TOOL_RULES = 'System: # Tools\n- Results come back in a later message as <tool_result id="..."> blocks.'
+
+
+def tool_result(call_id: str, text: str) -> str:
+    return f'Tool: <tool_result id="{call_id}" name="Bash">\n{text}\n</tool_result>'
+
+
+def transcript(*blocks: str) -> str:
+    return "\n\n".join(blocks)
+
+
+@pytest.mark.parametrize(
+    ("results", "expected"),
+    [(0, TOOL_CALL_REPLY), (1, "The tool said hi."), (2, "Two results.")],
+)
+def test_numbered_reply_follows_the_tool_results(client: httpx.Client, results: int, expected: str) -> None:
+    blocks = [TOOL_RULES, f"User: {SCRIPT}"]
+    for index in range(results):
+        blocks += [f"Assistant: {TOOL_CALL_REPLY}", tool_result(f"call_{index}", "hi")]
+    response = client.send(chat_request(client, transcript(*blocks)))
+    assert response.status_code == 200
+    assert response.text == expected
+
+
+def test_numbered_reply_picks_the_last_copy_of_a_repeated_script(client: httpx.Client) -> None:
+    first = SCRIPT.replace("The tool said hi.", "stale copy")
+    prompt = transcript(
+        f"User: {first}",
+        f"Assistant: {TOOL_CALL_REPLY}",
+        tool_result("call_0", "hi"),
+        f"User: again\n{SCRIPT}",
+    )
+    assert client.send(chat_request(client, prompt)).text == "The tool said hi."
+
+
+def test_numbered_reply_falls_back_to_the_plain_block_then_the_default(client: httpx.Client) -> None:
+    three = transcript(f"User: {SCRIPT}", *(tool_result(f"c{i}", "x") for i in range(3)))
+    assert client.send(chat_request(client, three)).text == PREFIX + "</tool_result>"
+    with_plain = three + "\n<<<EMU_REPLY\nplain wins\nEMU_REPLY>>>"
+    assert client.send(chat_request(client, with_plain)).text == "plain wins"
+    # A plain block never shadows a numbered one that matches.
+    no_results = f"<<<EMU_REPLY\nplain\nEMU_REPLY>>>\n{SCRIPT}<<<EMU_REPLY\nlater plain\nEMU_REPLY>>>"
+    assert client.send(chat_request(client, no_results)).text == TOOL_CALL_REPLY
+
+
+def test_numbered_blocks_are_removed_from_the_default_reply(client: httpx.Client) -> None:
+    prompt = "the line\n<<<EMU_REPLY@5\nnot this turn\nEMU_REPLY>>>\n"
+    assert client.send(chat_request(client, prompt)).text == PREFIX + "the line"
+
+
+def test_stats_count_the_tool_results(client: httpx.Client) -> None:
+    client.post("/_emu/reset")
+    client.send(chat_request(client, transcript(TOOL_RULES, "User: hi", tool_result("a", "1"))))
+    client.post("/api/chatWithText", content=b"{}", headers={"Cookie": COOKIE})
+    last = stats(client)["last_requests"]
+    assert [request["tool_results"] for request in last] == [1, None]
+
+
 def test_reply_b64_and_repeat(client: httpx.Client) -> None:
     encoded = base64.b64encode("héllo ".encode()).decode()
     response = client.send(chat_request(client, f"[[emu reply_b64={encoded} repeat=3 delay=0]]"))

@@ -11,9 +11,6 @@ POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie head
   No/empty Cookie -> 401 {"error":"Unauthorized"}; body not {"prompt": str} -> 400 {"error":"bad request"};
   unknown or malformed option -> 400 {"error":"bad emu option","detail":...}. Every call is recorded.
   Options: the LAST `[[emu key=value ...]]` in the prompt, overridden by cookies `emu_<key>=<value>`.
-  Reply: the LAST `<<<EMU_REPLY\n...\nEMU_REPLY>>>` block in the prompt, else reply_b64, else
-  "Hello from the gptomni emulator. You said: " + last non-empty prompt line (directives and blocks
-  removed, max 200 chars).
     status=N            401 {"error":"Unauthorized"} | 403 {"message":"Forbidden"} | 429 {"error":"Too Many
                         Requests"} + Retry-After | 5xx small text/html page | other {"error": "<reason>"}
     retry_after=N       Retry-After seconds for 429 (default 1)
@@ -35,6 +32,26 @@ POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie head
     cut=N               after N body bytes (0 = right after headers) end the connection without
                         the terminating chunk: the client sees an incomplete chunked body
     cut_mode=fin|rst    (extra) how cut ends it: flush + FIN (default), or flush + TCP RST
+  Reply, the first rule that applies:
+    1. the LAST `<<<EMU_REPLY@N\n...\nEMU_REPLY>>>` block whose N is the number of tool results in the
+       prompt (turn N of a scripted tool round trip). A tool result is what the gateway renders for one
+       (`<tool_result id=".." name="..">\n...\n</tool_result>`), counted by its closing `</tool_result>`
+       tag, so the `<tool_result id="...">` the tool instructions mention never counts. Example, one
+       `claude -p` prompt scripting a Bash call, then the answer once its result came back:
+         <<<EMU_REPLY@0
+         <tool_calls>
+         [{"name": "Bash", "arguments": {"command": "echo hi", "description": "say hi"}}]
+         </tool_calls>
+         EMU_REPLY>>>
+         <<<EMU_REPLY@1
+         The tool said hi.
+         EMU_REPLY>>>
+    2. the LAST unnumbered `<<<EMU_REPLY\n...\nEMU_REPLY>>>` block in the prompt;
+    3. reply_b64;
+    4. "Hello from the gptomni emulator. You said: " + last non-empty prompt line (directives and
+       blocks removed, max 200 chars).
+  "LAST" is by position: a transcript that repeats the user's message (or an earlier answer) carrying
+  the same blocks still picks the latest copy.
   A client that goes away (EOF or a write error, also while silent) stops the answer at once and
   counts as a disconnect.
 
@@ -44,6 +61,8 @@ POST /_emu/faults {"match": "<part of a cookie>", "options": {"status": "401"}} 
   refreshed: send {} as options to clear it). reset clears all faults.
 GET /_emu/stats  -> {requests, by_cookie, in_flight, max_in_flight, completed, disconnects,
   disconnect_times, now, request_times, last_requests, plus (extra) cuts, connections, connections_total}.
+  Each of last_requests: {time, method, path, headers, cookie, prompt, raw_body, conn, tool_results}
+  (tool_results: the N of rule 1 above, null without a prompt).
   Times are time.monotonic(). reset zeroes everything except the live gauges in_flight/connections.
 """
 
@@ -89,7 +108,9 @@ _DEFAULT_LINE_CHARS = 200
 _DEFAULT_REPLY_PREFIX = "Hello from the gptomni emulator. You said: "
 
 _DIRECTIVE_RE = re.compile(r"\[\[emu\b([^\]]*)\]\]")
-_REPLY_RE = re.compile(r"<<<EMU_REPLY\r?\n(.*?)(?:\r?\n)?EMU_REPLY>>>", re.DOTALL)
+# One regex for numbered and plain blocks, so a scan never starts a block inside another.
+_REPLY_RE = re.compile(r"<<<EMU_REPLY(?:@(\d+))?\r?\n(.*?)(?:\r?\n)?EMU_REPLY>>>", re.DOTALL)
+_TOOL_RESULT_END = "</tool_result>"
 _EOLS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
 
 Outcome = Literal["completed", "cut", "gone"]
@@ -227,10 +248,26 @@ def parse_options(raw: dict[str, str], chunk_size: int, delay: float) -> Options
     return options
 
 
+def tool_result_count(prompt: str) -> int:
+    """How many tool results the prompt carries: the turn number of a scripted tool round trip."""
+    return prompt.count(_TOOL_RESULT_END)
+
+
+def scripted_reply(prompt: str) -> str | None:
+    """The reply an `EMU_REPLY` block scripts for this prompt (rules 1 and 2), or None."""
+    blocks: list[tuple[str, str]] = _REPLY_RE.findall(prompt)
+    turn = tool_result_count(prompt)
+    numbered = [text for number, text in blocks if number and int(number) == turn]
+    if numbered:
+        return numbered[-1]
+    plain = [text for number, text in blocks if not number]
+    return plain[-1] if plain else None
+
+
 def reply_text(prompt: str, options: Options) -> str:
-    blocks = _REPLY_RE.findall(prompt)
-    if blocks:
-        text: str = blocks[-1]
+    scripted = scripted_reply(prompt)
+    if scripted is not None:
+        text: str = scripted
     elif options.reply_b64 is not None:
         text = base64.b64decode(options.reply_b64).decode("utf-8")
     else:
@@ -367,6 +404,7 @@ class Stats:
                 "prompt": prompt,
                 "raw_body": request.body[: _RAW_BODY_CHARS * 4].decode("utf-8", "replace")[:_RAW_BODY_CHARS],
                 "conn": conn_id,
+                "tool_results": None if prompt is None else tool_result_count(prompt),
             }
         )
 

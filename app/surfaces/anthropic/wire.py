@@ -133,6 +133,11 @@ def _text_of_block(block: Mapping[str, Any], path: str) -> str:
     return _string(_required(block, "text", f"{path}.text"), f"{path}.text")
 
 
+# Claude Code's first system block is request metadata for Anthropic's billing (its version changes
+# with every release), not instructions: it is left out of the prompt.
+_BILLING_HEADER = "x-anthropic-billing-header:"
+
+
 def _system_text(system: Any) -> str:
     if isinstance(system, str):
         return system
@@ -143,7 +148,9 @@ def _system_text(system: Any) -> str:
         path = f"system.{index}"
         if _block_type(block, path) != "text":
             _fail(f"{path}.type", "Input should be 'text'")
-        texts.append(_text_of_block(block, path))
+        text = _text_of_block(block, path)
+        if not text.startswith(_BILLING_HEADER):
+            texts.append(text)
     # Claude Code sends its system prompt as several blocks, each a section of its own.
     return "\n\n".join(texts)
 

@@ -615,3 +615,12 @@ def test_the_recorded_claude_code_request_decodes() -> None:
     assert [t.role for t in job.turns] == ["system", "user", "system", "assistant", "tool"]
     assert len(job.tools) == 12
     assert job.turns[-1].name == "Bash"  # looked up from the tool_use it answers
+
+
+def test_claude_codes_billing_header_block_is_not_prompt_text() -> None:
+    system = [
+        {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332; cc_entrypoint=sdk-cli;"},
+        {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral"}},
+    ]
+    job = decode_messages(json.dumps(body(system=system)).encode())
+    assert job.turns[0] == Turn("system", "You are a Claude agent.")
