@@ -165,7 +165,8 @@ def _render_tool_entry(tool: ToolSpec) -> list[str]:
     head = f"- {tool.name}"
     description = tool.description
     if isinstance(description, str) and description.strip():
-        head += ": " + "\n  ".join(line.rstrip() for line in description.strip().splitlines())
+        lines = [line.rstrip() for line in description.strip().splitlines()]
+        head += ": " + "\n".join([lines[0], *(f"  {line}" if line else "" for line in lines[1:])])
     parameters = _schema_for_prompt(tool.parameters) if tool.parameters is not None else {}
     return [head, f"  parameters: {_compact(parameters)}"]
 
