@@ -55,30 +55,26 @@ CLAUDE_OFFLINE = {
     "API_TIMEOUT_MS": "120000",
 }
 
-# Codex: config.toml keys (accepted by `codex exec --strict-config` 0.171.0). A custom provider speaking
-# the Responses API at the gateway, key from an environment variable, no retries, no websocket attempt;
-# no update check, analytics, feedback upload, OpenTelemetry export or history file. As the README
-# advises for a text-only upstream: no `web_search` tool, and no multi-agent tools (Codex defers those
-# behind a `tool_search` tool). The echo command runs unsandboxed: the test is about the gateway, and
-# Codex's bundled bubblewrap needs user namespaces that a CI container may not have.
-CODEX_CONFIG = """\
-model = "{model}"
-model_provider = "gateway"
+# Codex: the config.toml the README gives users (its Codex section), so that what we tell people to
+# paste is what runs here, with the gateway's address put in. The test adds what a test needs:
+# no approvals, no sandbox (the echo command runs unsandboxed: the test is about the gateway, and
+# Codex's bundled bubblewrap needs user namespaces that a CI container may not have), no retries, so
+# an error shows at once, and no OpenTelemetry export, history file or stored login.
+README_CODEX = re.search(
+    r"\*\*The Codex CLI\*\*.*?```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL
+)
+assert README_CODEX is not None, "the README lost its Codex config.toml"
+TEST_TOP_LEVEL = """\
 approval_policy = "never"
 sandbox_mode = "danger-full-access"
-web_search = "disabled"
-check_for_update_on_startup = false
 cli_auth_credentials_store = "file"
-
-[features]
-multi_agent = false
-
-[analytics]
-enabled = false
-
-[feedback]
-enabled = false
-
+"""
+TEST_PROVIDER_KEYS = """\
+request_max_retries = 0
+stream_max_retries = 0
+stream_idle_timeout_ms = 120000
+"""
+TEST_TABLES = """
 [otel]
 exporter = "none"
 trace_exporter = "none"
@@ -87,17 +83,16 @@ log_user_prompt = false
 
 [history]
 persistence = "none"
-
-[model_providers.gateway]
-name = "gptomni-2api"
-base_url = "{base_url}"
-env_key = "{key_env}"
-wire_api = "responses"
-request_max_retries = 0
-stream_max_retries = 0
-stream_idle_timeout_ms = 120000
-supports_websockets = false
 """
+
+
+def codex_config(base_url: str) -> str:
+    readme = README_CODEX.group(1) if README_CODEX else ""
+    assert readme.rstrip().splitlines()[-1].startswith("supports_websockets"), "provider table last"
+    assert f'env_key = "{KEY_ENV}"' in readme and f'model = "{CODEX_MODEL}"' in readme
+    config = readme.replace('base_url = "http://localhost:8000/v1"', f'base_url = "{base_url}"')
+    assert config != readme, "the README's base_url changed"
+    return TEST_TOP_LEVEL + config + TEST_PROVIDER_KEYS + TEST_TABLES
 
 
 @dataclass
@@ -202,8 +197,7 @@ def claude_result(outcome: Run, gateway: Gateway) -> dict[str, Any]:
 def codex(prompt: str, home: Path, gateway: Gateway) -> tuple[Run, Path]:
     codex_home = home / ".codex"
     codex_home.mkdir(exist_ok=True)
-    config = CODEX_CONFIG.format(model=CODEX_MODEL, base_url=f"{gateway.url}/v1", key_env=KEY_ENV)
-    (codex_home / "config.toml").write_text(config)
+    (codex_home / "config.toml").write_text(codex_config(f"{gateway.url}/v1"))
     env = base_env(home) | {"CODEX_HOME": str(codex_home), KEY_ENV: MASTER_KEY}
     last = home / "last-message.txt"
     argv = [
