@@ -205,6 +205,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Stored Responses API responses kept at most (oldest dropped first).",
     )
+    responses_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of stored Responses API responses (as JSON) kept at most (oldest dropped first).",
+    )
     prompt_mode: Literal["full", "last_user"] = Field(
         default="full",
         description="`full`: the whole conversation in the prompt; `last_user`: the last user message only.",

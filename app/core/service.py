@@ -148,8 +148,10 @@ class ChatService:
             )
         return served
 
-    def prepare(self, job: Job) -> Prepared:
-        """The prompt and answer shaping for a job; a GatewayError(400) if the prompt cannot fit."""
+    def prepare(self, job: Job, *, fit: bool = True) -> Prepared:
+        """The prompt and answer shaping for a job; a GatewayError(400) if the prompt cannot fit.
+
+        `fit=False` renders the whole conversation whatever MAX_PROMPT_CHARS says (to count it)."""
         note_model(self.resolve_model(job.model))
         names = {tool.name for tool in job.tools}
         tool_names = names if names and job.tool_choice.mode != "none" else None
@@ -163,7 +165,7 @@ class ChatService:
                 instructions="\n\n".join(i for i in instructions if i),
                 render_tool_calls=render_assistant_tool_calls,
                 render_tool_result=render_tool_result,
-                max_chars=self.settings.max_prompt_chars,
+                max_chars=self.settings.max_prompt_chars if fit else None,
             )
         except PromptTooLong as exc:
             raise GatewayError(

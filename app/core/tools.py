@@ -132,7 +132,7 @@ def _example_arguments(parameters: Any) -> dict[str, Any]:
     if not isinstance(props, Mapping) or not props:
         return {}
     required = parameters.get("required")
-    keys = [k for k in required if k in props] if isinstance(required, list) else []
+    keys = [k for k in required if isinstance(k, str) and k in props] if isinstance(required, list) else []
     return {k: _example_value(props[k]) for k in keys or [next(iter(props))]}
 
 
@@ -342,9 +342,22 @@ def _arguments_json(raw: Any) -> str | None:
     else:
         return None
     try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
         return None
+    if _has_lone_surrogate(text):
+        # The model wrote an escape for half a UTF-16 pair ("\ud800"), which no UTF-8 encoder (nor
+        # a strict JSON parser) takes: it becomes U+FFFD, as an invalid byte would.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _call_from_entry(entry: Any, names: frozenset[str]) -> tuple[str, str] | None:

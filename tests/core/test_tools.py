@@ -768,3 +768,18 @@ def test_schema_meta_keys_are_left_out_of_the_prompt_but_property_names_stay() -
         '  parameters: {"type":"object","properties":{"$schema":{"type":"string"},'
         '"items":{"type":"array","items":{"type":"string"}}},"additionalProperties":false}'
     ) in text
+
+
+def test_a_schema_with_odd_required_entries_still_renders() -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "string"}}, "required": [["x"], {"a": 1}, 5]}
+    text = core.render_tools_instructions([core.ToolSpec("t", None, schema)])
+    assert '[{"name": "t", "arguments": {"x": "..."}}]' in text
+
+
+def test_a_lone_surrogate_in_call_arguments_becomes_a_replacement_character() -> None:
+    answer = parse_tool_calls(
+        '<tool_calls>[{"name": "get_time", "arguments": {"tz": "\\ud800x"}}]</tool_calls>', NAMES
+    )
+    (call,) = answer.calls
+    assert json.loads(call.arguments) == {"tz": "\ufffdx"}
+    call.arguments.encode("utf-8")  # what every surface must be able to do with it

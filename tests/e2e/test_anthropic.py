@@ -489,3 +489,26 @@ def test_logs_hold_no_secret(gateway: Gateway) -> None:
     assert "POST /v1/messages" in log
     for secret in (MASTER_KEY, GOOD, GOOD2, "anthropic-good-aaaa"):
         assert secret not in log
+
+
+def test_max_prompt_chars_drops_history_and_count_tokens_counts_it_all(
+    start_gateway: Any, emulator: Emulator
+) -> None:
+    gw = start_gateway(settings_for(emulator, [GOOD], MAX_PROMPT_CHARS="300"))
+    old = "an old turn " * 20  # 240 characters
+    history = [
+        {"role": "user", "content": old},
+        {"role": "assistant", "content": "noted"},
+        {"role": "user", "content": "<<<EMU_REPLY\nfits\nEMU_REPLY>>>"},
+    ]
+    client = client_for(gw)
+    message = client.messages.create(model=MODEL, max_tokens=64, system="Be brief.", messages=history)
+    assert message.content[0].text == "fits"  # answered, with the old turn dropped
+    prompt = emulator.stats()["last_requests"][-1]["prompt"]
+    assert old not in prompt and "Be brief." in prompt
+    counted = client.messages.count_tokens(model=MODEL, system="Be brief.", messages=history)
+    assert counted.input_tokens > 300 // 4  # the whole conversation, not what fits
+    too_long = [{"role": "user", "content": "x" * 400}]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(model=MODEL, max_tokens=64, messages=too_long)
+    assert "MAX_PROMPT_CHARS=300" in caught.value.message

@@ -17,7 +17,17 @@ import pytest
 
 from tests.conftest import MASTER_KEY, Emulator, Gateway, gateway_settings
 
+
+def deep(levels: int) -> Any:
+    value: Any = {"type": "string"}
+    for _ in range(levels):
+        value = {"type": "object", "properties": {"a": value}, "required": ["a"]}
+    return value
+
+
 NASTY: list[Any] = [
+    deep(150),  # deeper than the surfaces accept, shallower than the JSON parser refuses
+    [["a"], {"b": 1}],  # e.g. as a schema's `required`
     None,
     True,
     0,
@@ -36,11 +46,8 @@ NASTY: list[Any] = [
     "[DONE]",
 ]
 REPLY = "<<<EMU_REPLY\nok\nEMU_REPLY>>>"
-TOOL = {
-    "name": "get_weather",
-    "description": "Weather.",
-    "input_schema": {"type": "object", "properties": {}},
-}
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOL = {"name": "get_weather", "description": "Weather.", "input_schema": SCHEMA}
 VALID: dict[str, dict[str, Any]] = {
     "/v1/messages": {
         "model": "gptomni",
@@ -72,7 +79,7 @@ VALID: dict[str, dict[str, Any]] = {
             {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
             {"type": "function_call_output", "call_id": "call_1", "output": "21"},
         ],
-        "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+        "tools": [{"type": "function", "name": "get_weather", "parameters": SCHEMA}],
         "tool_choice": "auto",
         "text": {"format": {"type": "text"}},
         "max_output_tokens": 100,

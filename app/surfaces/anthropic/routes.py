@@ -53,4 +53,5 @@ async def create_message(request: Request, service: ChatServiceDep, settings: Se
 @router.post(PREFIX + "/count_tokens")
 async def count_tokens(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
     job = decode_count_tokens(await read_body(request, settings.max_request_bytes))
-    return json_response({"input_tokens": service.prepare(job).prompt_tokens})
+    # The whole conversation is counted: a client counts to decide what to drop itself.
+    return json_response({"input_tokens": service.prepare(job, fit=False).prompt_tokens})

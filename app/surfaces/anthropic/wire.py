@@ -17,6 +17,7 @@ import orjson
 from app.core.errors import GatewayError, invalid_request
 from app.core.events import Completion, FinishReason, new_call_id
 from app.core.job import Job, Role, ToolCall, ToolChoice, ToolSpec, Turn
+from app.http.body import MAX_JSON_DEPTH, too_deep
 
 TOOL_USE_PREFIX = "toolu_"
 MESSAGE_PREFIX = "msg_"
@@ -332,6 +333,8 @@ def _load(body: bytes) -> Mapping[str, Any]:
         raise invalid_request("The request body is not valid JSON: send one JSON object.") from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.")
+    if too_deep(data):
+        raise invalid_request(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.")
     return data
 
 

@@ -38,7 +38,9 @@ async def get_store(request: Request) -> ResponseStore:
     store: ResponseStore | None = getattr(state, "responses_store", None)
     if store is None:
         settings = state.settings
-        store = state.responses_store = MemoryResponseStore(settings.responses_ttl, settings.responses_max)
+        store = state.responses_store = MemoryResponseStore(
+            settings.responses_ttl, settings.responses_max, settings.responses_max_bytes
+        )
     return store
 
 

@@ -2,8 +2,8 @@
 
 `ResponseStore` is all the routes know (async, so that a shared store such as Redis can stand behind
 it when the gateway scales out); a record is plain data and `to_json` / `from_json` carry it across a
-process boundary. `MemoryResponseStore` keeps records in this process, each for `ttl` seconds and at
-most `max_items` of them, the oldest dropped first.
+process boundary. `MemoryResponseStore` keeps records in this process, each for `ttl` seconds, at
+most `max_items` of them and `max_bytes` of their JSON, the oldest dropped first.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ class StoredResponse:
     id: str
     response: dict[str, Any]
     turns: tuple[Turn, ...]
+
+    def size(self) -> int:
+        """Bytes of its JSON: what the store's byte budget counts."""
+        return len(self.to_json())
 
     def to_json(self) -> bytes:
         turns = [
@@ -73,13 +77,23 @@ class ResponseStore(Protocol):
 
 class MemoryResponseStore:
     """Records in a dict ordered by age. Every record lives `ttl` seconds, so the oldest is also
-    the first to expire: expiry and the size cap both drop from the front."""
+    the first to expire: expiry and both caps drop from the front. The byte budget counts each
+    record whole, though records of one conversation share their turns in memory: it errs on the
+    safe side. The newest record is kept even when it alone is over the budget."""
 
-    def __init__(self, ttl: float, max_items: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        max_items: int,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl = ttl
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self._clock = clock
-        self._records: OrderedDict[str, tuple[float, StoredResponse]] = OrderedDict()
+        self._records: OrderedDict[str, tuple[float, StoredResponse, int]] = OrderedDict()
+        self.bytes = 0  # the sizes of the records kept
 
     def __len__(self) -> int:
         self._expire(self._clock())
@@ -87,10 +101,14 @@ class MemoryResponseStore:
 
     def _expire(self, now: float) -> None:
         while self._records:
-            expires, _ = next(iter(self._records.values()))
+            expires, _, _ = next(iter(self._records.values()))
             if expires > now:
                 return
-            self._records.popitem(last=False)
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, (_, _, size) = self._records.popitem(last=False)
+        self.bytes -= size
 
     async def get(self, response_id: str) -> StoredResponse | None:
         self._expire(self._clock())
@@ -100,11 +118,22 @@ class MemoryResponseStore:
     async def put(self, record: StoredResponse) -> None:
         now = self._clock()
         self._expire(now)
-        self._records.pop(record.id, None)
-        self._records[record.id] = (now + self.ttl, record)
+        self._forget(record.id)
+        size = record.size() if self.max_bytes is not None else 0
+        self._records[record.id] = (now + self.ttl, record, size)
+        self.bytes += size
         while len(self._records) > self.max_items:
-            self._records.popitem(last=False)
+            self._drop_oldest()
+        while self.max_bytes is not None and self.bytes > self.max_bytes and len(self._records) > 1:
+            self._drop_oldest()
+
+    def _forget(self, response_id: str) -> bool:
+        entry = self._records.pop(response_id, None)
+        if entry is None:
+            return False
+        self.bytes -= entry[2]
+        return True
 
     async def delete(self, response_id: str) -> bool:
         self._expire(self._clock())
-        return self._records.pop(response_id, None) is not None
+        return self._forget(response_id)

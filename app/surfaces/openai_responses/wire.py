@@ -24,6 +24,7 @@ import orjson
 from app.core.errors import GatewayError, invalid_request
 from app.core.events import CalledTool, Completion, FinishReason, Usage
 from app.core.job import Job, OutputFormat, Role, ToolCall, ToolChoice, ToolSpec, Turn
+from app.http.body import MAX_JSON_DEPTH, too_deep
 
 RESPONSE_PREFIX = "resp_"
 MESSAGE_PREFIX = "msg_"
@@ -550,6 +551,10 @@ def parse_request(body: bytes) -> ResponsesRequest:
         ) from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    if too_deep(data):
+        raise invalid_request(
+            f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json"
+        )
     top = _Fields(data, "")
     model = top.string("model", required=True)
     assert model is not None

@@ -624,3 +624,14 @@ def test_claude_codes_billing_header_block_is_not_prompt_text() -> None:
     ]
     job = decode_messages(json.dumps(body(system=system)).encode())
     assert job.turns[0] == Turn("system", "You are a Claude agent.")
+
+
+def test_a_body_nested_deeper_than_the_limit_is_a_400() -> None:
+    deep: Any = {"type": "object"}
+    for _ in range(120):
+        deep = {"type": "object", "properties": {"a": deep}}
+    tool = {"name": "t", "input_schema": deep}
+    with pytest.raises(GatewayError) as info:
+        decode_messages(json.dumps(body(tools=[tool])).encode())
+    assert info.value.status == 400
+    assert "nests deeper than 100 levels" in info.value.message

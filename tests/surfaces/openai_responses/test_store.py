@@ -91,3 +91,24 @@ def test_a_record_survives_its_json_form() -> None:
     )
     original = StoredResponse("resp_a", {"id": "resp_a", "output": [{"type": "message"}]}, turns)
     assert StoredResponse.from_json(original.to_json()) == original
+
+
+def test_the_byte_budget_drops_the_oldest_but_keeps_the_newest() -> None:
+    clock = Clock()
+    one = record("a", "x" * 1000)
+    size = one.size()
+    store = MemoryResponseStore(ttl=60, max_items=100, max_bytes=size * 2 + 10, clock=clock)
+
+    async def scenario() -> None:
+        await store.put(one)
+        await store.put(record("b", "y" * 1000))
+        assert store.bytes == size * 2 and len(store) == 2
+        await store.put(record("c", "z" * 1000))  # over budget: "a" goes
+        assert await store.get("a") is None
+        assert await store.get("b") is not None and await store.get("c") is not None
+        await store.put(record("huge", "w" * 10_000))  # alone over budget: kept, all else dropped
+        assert [await store.get(i) is not None for i in ("b", "c", "huge")] == [False, False, True]
+        assert await store.delete("huge")
+        assert store.bytes == 0
+
+    run(scenario())

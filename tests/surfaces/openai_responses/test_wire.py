@@ -700,3 +700,13 @@ def test_codexs_client_run_tool_search_is_not_offered_but_hosted_tools_are_refus
     with pytest.raises(GatewayError) as info:
         parse(input="hi", tools=[weather, {"type": "web_search", "external_web_access": False}])
     assert 'web_search = "disabled"' in info.value.message
+
+
+def test_a_body_nested_deeper_than_the_limit_is_a_400() -> None:
+    deep: Any = {"type": "object"}
+    for _ in range(120):
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(GatewayError) as info:
+        parse(tools=[{"type": "function", "name": "t", "parameters": deep}])
+    assert (info.value.status, info.value.code) == (400, "invalid_json")
+    assert "nests deeper than 100 levels" in info.value.message
