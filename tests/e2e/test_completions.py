@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,3 +74,74 @@ def test_errors_are_openai_envelopes(gateway: Gateway) -> None:
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
     assert MASTER_KEY not in response.text
+
+
+BAD = "session=completions-bad-bbbbbbbbbbbbbbbbbbbb"
+
+
+def scripted(reply: str, **options: Any) -> str:
+    directive = " ".join(f"{k}={v}" for k, v in options.items())
+    return f"[[emu {directive}]]\n<<<EMU_REPLY\n{reply}\nEMU_REPLY>>>"
+
+
+def sse_data(raw: str) -> list[Any]:
+    return [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+
+
+def test_a_failing_credential_fails_over(start_gateway: Any, emulator: Emulator) -> None:
+    gw = start_gateway(gateway_settings(emulator, [BAD, GOOD]))
+    emulator.fault("completions-bad-bbbb", status=500)
+    try:
+        before = emulator.stats()["by_cookie"]
+        for stream in (False, True):
+            for _ in range(2):  # round-robin starts each request on the next credential
+                reply = gw.openai().completions.create(
+                    model="gptomni", prompt="<<<EMU_REPLY\nsaved\nEMU_REPLY>>>", stream=stream
+                )
+                chunks = list(reply) if stream else [reply]
+                assert "".join(c.choices[0].text for c in chunks if c.choices) == "saved"
+    finally:
+        emulator.fault("completions-bad-bbbb")
+    after = emulator.stats()["by_cookie"]
+    assert after.get(BAD, 0) > before.get(BAD, 0)  # the bad one was tried, and failed over from
+
+
+def test_keep_alive_comments_while_the_upstream_is_silent(start_gateway: Any, emulator: Emulator) -> None:
+    gw = start_gateway(gateway_settings(emulator, [GOOD], KEEPALIVE_INTERVAL="0.3"))
+    body = {"model": "gptomni", "prompt": scripted("late", body_delay=1.2), "stream": True}
+    response = httpx.post(
+        f"{gw.url}/v1/completions", json=body, headers={"x-api-key": MASTER_KEY}, timeout=30
+    )
+    assert response.status_code == 200
+    assert ": keep-alive\n\n" in response.text
+    assert "".join(d["choices"][0]["text"] for d in sse_data(response.text) if d["choices"]) == "late"
+    assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_client_disconnect_cancels_the_upstream(gateway: Gateway, emulator: Emulator) -> None:
+    before = emulator.stats()["disconnects"]
+    stream = gateway.openai().completions.create(
+        model="gptomni", prompt=scripted("slow " * 50, duration=10, chunk_size=5), stream=True
+    )
+    pieces = iter(stream)
+    next(pieces)
+    next(pieces)
+    stream.close()
+    closed_at = time.monotonic()
+    while emulator.stats()["disconnects"] == before:
+        assert time.monotonic() - closed_at < 1.0, "the upstream request was not cancelled within 1 s"
+        time.sleep(0.02)
+
+
+def test_failure_mid_stream_is_an_error_event(gateway: Gateway) -> None:
+    body = {"model": "gptomni", "prompt": scripted("a" * 400, cut=40, chunk_size=20), "stream": True}
+    response = httpx.post(
+        f"{gateway.url}/v1/completions", json=body, headers={"x-api-key": MASTER_KEY}, timeout=30
+    )
+    assert response.status_code == 200
+    events = sse_data(response.text)
+    assert events[0]["object"] == "text_completion"
+    assert events[-1]["error"]["code"] == "upstream_cut_off"
+    assert "[DONE]" not in response.text
+    with pytest.raises(openai.APIError):
+        list(gateway.openai().completions.create(**body))
