@@ -25,6 +25,16 @@ class AnswerDecoder(Protocol):
     def finish(self) -> str: ...
 
 
+def well_formed(text: str) -> str:
+    """`text` with any lone UTF-16 surrogate (JSON can escape one: "\\ud800") as U+FFFD, so that it
+    can be encoded as UTF-8 for the client; text decoded from bytes never has one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def extract_text(payload: Any) -> str | None:
     """The answer text in a JSON payload, or None if it holds none (e.g. a role-only delta)."""
     if isinstance(payload, str):
@@ -109,7 +119,7 @@ class JsonDecoder:
         text = extract_text(payload)
         if text is None:
             raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream JSON holds no answer text")
-        return text
+        return well_formed(text)
 
 
 class SseDecoder:
@@ -195,7 +205,7 @@ class SseDecoder:
             raise UpstreamFailure(FailureKind.BAD_RESPONSE, error)
         text = extract_text(payload)
         if text is not None:
-            return text
+            return well_formed(text)
         # A dict without text is a metadata event (a role-only delta); any other JSON value
         # (`data: 42`) is a raw payload that merely happens to parse.
         return "" if isinstance(payload, dict) else data

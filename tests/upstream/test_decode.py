@@ -348,3 +348,17 @@ def test_sse_encoding_of_pieces_decodes_to_their_concatenation(
     decoder = SseDecoder()
     assert decode_all(decoder, _chunks(body.encode(), cuts)) == "".join(piece for piece, _ in events)
     assert decoder.done
+
+
+@pytest.mark.parametrize("decoder", [SseDecoder, JsonDecoder], ids=["sse", "json"])
+def test_an_escaped_lone_surrogate_becomes_a_replacement_character(decoder: type[AnswerDecoder]) -> None:
+    # JSON may escape half a UTF-16 pair; no client encoder takes it, so it must not reach one.
+    body = (
+        b'data: {"text": "a\\ud800b \\ud83d\\ude00"}\n\n'
+        if decoder is SseDecoder
+        else b'{"text": "a\\ud800b \\ud83d\\ude00"}'
+    )
+    instance = decoder()
+    text = instance.feed(body) + instance.finish()
+    assert text == "a\ufffdb \U0001f600"
+    text.encode("utf-8")
