@@ -6,14 +6,22 @@ time, and merges their answers. Every virtual client has its own httpx client an
 real clients would; one shared pool of hundreds of connections costs httpcore O(n) per request and
 would make the load generator, not the target, the bottleneck.
 
-Framing "sse" is the gateway's OpenAI stream: a content chunk is an event whose delta starts with
-"content" (the first chunk's delta starts with "role", so it never matches). Framing "raw" is the
-emulator's body: every byte is content and the first byte is the first token.
+Framing "sse" is the gateway's Chat Completions stream: a content chunk is an event whose delta starts
+with "content" (the first chunk's delta starts with "role", so it never matches). The other surfaces
+have a framing each, found by the same kind of byte search (see `FRAMINGS`): "completions" (a chunk
+whose `choices[0].text` is not empty), "messages" (Anthropic: an `event: content_block_delta`) and
+"responses" (an `event: response.output_text.delta`). Framing "raw" is the emulator's body: every
+byte is content and the first byte is the first token.
+
+A phase with `variants` (the per-surface comparison) has each virtual client take turns: one
+request of every variant per round, in a new random order each round, each variant on its own
+connection, and a tally per variant.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -32,8 +40,37 @@ DONE_MARK = b"data: [DONE]"
 ERROR_MARK = b'data: {"error"'
 MAX_ERROR_KINDS = 8
 
-Framing = Literal["sse", "raw"]
+Framing = Literal["sse", "completions", "messages", "responses", "raw"]
 Kind = Literal["stream", "complete", "hold"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Marks:
+    """What a surface's stream looks like, as bytes to search for."""
+
+    content: bytes  # begins a piece of answer text
+    done: bytes  # the stream's last event
+    errors: tuple[bytes, ...]  # an error event
+    end_name: str  # the last event, for the error "stream ended without ..."
+    # When set, `content` directly followed by `"` is an empty text and does not count (the
+    # completions stream ends with a chunk whose text is ""). A mark then counts once the byte after
+    # it has come, so one split between two reads is still judged right.
+    skip_empty: bool = False
+
+
+FRAMINGS: dict[str, Marks] = {
+    "sse": Marks(CONTENT_MARK, DONE_MARK, (ERROR_MARK,), "[DONE]"),
+    "completions": Marks(b'"choices":[{"text":"', DONE_MARK, (ERROR_MARK,), "[DONE]", skip_empty=True),
+    "messages": Marks(
+        b"event: content_block_delta\n", b"event: message_stop\n", (b"event: error\n",), "message_stop"
+    ),
+    "responses": Marks(
+        b"event: response.output_text.delta\n",
+        b"event: response.completed\n",
+        (b"event: error\n", b"event: response.failed\n"),
+        "response.completed",
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +89,9 @@ class Phase:
     stagger: float = 0.0  # each client starts at a random moment within this many seconds
     ramp: float = 0.0  # "hold": spread the stream starts over this many seconds
     timeout: float = 60.0
+    # Requests to take turns with, each {"name", "url", "headers", "body", "framing"}; the fields
+    # above of the same names are then unused. The answer has a tally per name.
+    variants: list[dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass
@@ -71,28 +111,41 @@ class BodyScanner:
 
     def __init__(self, framing: Framing, unit: str) -> None:
         self.framing = framing
+        self.marks = FRAMINGS.get(framing)
         self.unit = unit.encode()
         self.content = False  # any content yet
         self.done = False
         self.error = False
         self._tail = b""
-        self._keep = max(len(CONTENT_MARK), len(DONE_MARK), len(ERROR_MARK), len(self.unit)) - 1
+        marks = self.marks or FRAMINGS["sse"]
+        longest = max(len(mark) for mark in (marks.content, marks.done, *marks.errors, self.unit))
+        self._keep = longest if marks.skip_empty else longest - 1
 
     def _count(self, data: bytes, mark: bytes) -> int:
         # Prefixed with fewer bytes of the past than the mark has, so no mark is counted twice.
         return (self._tail[len(self._tail) - len(mark) + 1 :] + data).count(mark)
 
+    def _count_not_empty(self, data: bytes, mark: bytes) -> int:
+        """Marks not directly followed by `"`, each counted once the byte after it is here: with as
+        many bytes of the past as the mark has, a mark that ended the last read counts now."""
+        seen = self._tail[max(0, len(self._tail) - len(mark)) :] + data
+        return seen[:-1].count(mark) - seen.count(mark + b'"')
+
     def feed(self, data: bytes) -> tuple[int, int]:
         """(content chunks, content units) in this piece of the body."""
-        if self.framing == "raw":
+        if self.marks is None:  # raw
             self.content = self.content or bool(data)
             units = self._count(data, self.unit)
             self._tail = (self._tail + data)[-self._keep :]
             return units, units
-        chunks = self._count(data, CONTENT_MARK)
+        marks = self.marks
+        if marks.skip_empty:
+            chunks = self._count_not_empty(data, marks.content) if data else 0
+        else:
+            chunks = self._count(data, marks.content)
         units = self._count(data, self.unit)
-        self.done = self.done or self._count(data, DONE_MARK) > 0
-        self.error = self.error or self._count(data, ERROR_MARK) > 0
+        self.done = self.done or self._count(data, marks.done) > 0
+        self.error = self.error or any(self._count(data, mark) > 0 for mark in marks.errors)
         self.content = self.content or chunks > 0
         self._tail = (self._tail + data)[-self._keep :]
         return chunks, units
@@ -161,8 +214,8 @@ async def _one_stream(client: httpx.AsyncClient, phase: Phase, window: Window, t
         return
     if scanner.error:
         tally.error("SSE error event")
-    elif phase.framing == "sse" and not scanner.done:
-        tally.error("stream ended without [DONE]")
+    elif scanner.marks is not None and not scanner.done:
+        tally.error(f"stream ended without {scanner.marks.end_name}")
     elif first is None:
         tally.error("no content")
     elif window.start <= began:
@@ -203,21 +256,57 @@ async def _closed_loop(phase: Phase, window: Window, tally: Tally, tls: ssl.SSLC
             await one(client, phase, window, tally)
 
 
+async def _taking_turns(
+    variants: dict[str, Phase], window: Window, tallies: dict[str, Tally], tls: ssl.SSLContext
+) -> None:
+    """One virtual client taking turns between variants: every round one request of each, in a new
+    random order (so that none always follows the same other: what a request leaves behind in the
+    gateway lands on the next one), each on a connection of its own, until the window closes."""
+    names = list(variants)
+    first = variants[names[0]]
+    one = _one_stream if first.kind == "stream" else _one_completion
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {name: await stack.enter_async_context(_new_client(first, tls)) for name in names}
+        await asyncio.sleep(max(0.0, window.start - first.warmup - time.perf_counter()))
+        while time.perf_counter() < window.end:
+            for name in random.sample(names, len(names)):
+                await one(clients[name], variants[name], window, tallies[name])
+
+
 async def run_load(phase: Phase) -> dict[str, Any]:
     window = Window.of(phase)
-    tally = Tally()
     tls = ssl.create_default_context()
     # Stragglers (a short stream still running when the window closes) get a little grace.
     grace = phase.timeout if not phase.cut_at_end else 5.0
-    tasks = [asyncio.ensure_future(_closed_loop(phase, window, tally, tls)) for _ in range(phase.clients)]
+    if phase.variants:
+        variants = {
+            v["name"]: dataclasses.replace(
+                phase,
+                url=v["url"],
+                headers=v["headers"],
+                body=v["body"],
+                framing=v["framing"],
+                variants=None,
+            )
+            for v in phase.variants
+        }
+        tallies = {name: Tally() for name in variants}
+        loops = [_taking_turns(variants, window, tallies, tls) for _ in range(phase.clients)]
+    else:
+        tallies = {"": Tally()}
+        loops = [_closed_loop(phase, window, tallies[""], tls) for _ in range(phase.clients)]
+    tasks = [asyncio.ensure_future(loop) for loop in loops]
     _, pending = await asyncio.wait(tasks, timeout=max(0.0, window.end - time.perf_counter()) + grace)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     for task in tasks:
         if not task.cancelled() and (exc := task.exception()) is not None:
-            tally.error(_describe(exc))
-    result = tally.as_json()
+            next(iter(tallies.values())).error(_describe(exc))
+    if phase.variants:
+        result: dict[str, Any] = {"variants": {name: t.as_json() for name, t in tallies.items()}}
+    else:
+        result = tallies[""].as_json()
     result["stragglers"] = len(pending)
     return result
 

@@ -15,6 +15,8 @@ TTFT_P50_AT_1_MS = 2.0
 TTFT_P99_AT_64_MS = 20.0
 RELAY_RATIO = 0.5
 RSS_LIMIT_MB = 300.0
+# The surfaces' issue: none adds more than this over Chat Completions (p50, 1 client, same run).
+SURFACE_OVER_CHAT_P50_MS = 0.3
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -69,6 +71,28 @@ def merge_load(results: list[dict[str, Any]], *, duration: float) -> dict[str, A
         "error_kinds": kinds,
         "stragglers": sum(r["stragglers"] for r in results),
     }
+
+
+def merge_variants(results: list[dict[str, Any]], *, duration: float) -> dict[str, dict[str, Any]]:
+    """The workers' answers to a phase whose clients took turns between variants: figures per variant.
+    Stragglers are the clients', not a variant's: each variant's figures say 0."""
+    names = list(results[0]["variants"]) if results else []
+    return {
+        name: merge_load([{**r["variants"][name], "stragglers": 0} for r in results], duration=duration)
+        for name in names
+    }
+
+
+def compare_surfaces(by_surface: dict[str, dict[str, Any]], direct: dict[str, Any], reference: str) -> None:
+    """Add to each surface its added TTFT (minus direct) and its TTFT over the reference surface's,
+    and whether that stays within SURFACE_OVER_CHAT_P50_MS (`met`; None for the reference)."""
+    base = by_surface.get(reference, {}).get("ttft_ms", {})
+    for name, figures in by_surface.items():
+        ttft = figures["ttft_ms"]
+        figures["added_ms"] = {q: added(ttft[q], direct["ttft_ms"][q]) for q in ("p50", "p99")}
+        figures["over_reference_ms"] = {q: added(ttft[q], base.get(q)) for q in ("p50", "p99")}
+        over = figures["over_reference_ms"]["p50"]
+        figures["met"] = None if name == reference else _at_most(over, SURFACE_OVER_CHAT_P50_MS)
 
 
 def merge_hold(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -283,6 +307,69 @@ def table(results: dict[str, Any]) -> str:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[check["met"]]
         gateway, target, limit, value = check["gateway"], check["target"], check["limit"], check["value"]
         lines.append(f"  {gateway:<13} {target:<52} {limit:>9}  {value!s:>10}  {verdict}")
+    surfaces = _surfaces_of(results)
+    if surfaces is not None:
+        lines += ["", surfaces_table(surfaces)]
+    return "\n".join(lines)
+
+
+def _surfaces_of(results: dict[str, Any]) -> dict[str, Any] | None:
+    return next((g["surfaces"] for g in results["gateways"].values() if "surfaces" in g), None)
+
+
+def surfaces_table(surfaces: dict[str, Any]) -> str:
+    """The per-surface comparison: TTFT at one client, added over direct and over the reference."""
+    reference = surfaces["reference"]
+    limit = surfaces["limit_over_reference_p50_ms"]
+    header = [
+        "surface",
+        "route",
+        "n",
+        "TTFT p50 / p99 ms",
+        "added p50 / p99",
+        f"over {reference} p50 / p99",
+        "errors",
+        f"p50 over {reference} <= {limit:g} ms",
+    ]
+    direct = surfaces["direct"]
+    rows = [
+        [
+            "direct",
+            "emulator",
+            str(direct["ttft_ms"]["n"]),
+            f"{_num(direct['ttft_ms']['p50'])} / {_num(direct['ttft_ms']['p99'])}",
+            "",
+            "",
+            str(direct["errors"]),
+            "",
+        ]
+    ]
+    for name, figures in surfaces["by_surface"].items():
+        ttft, add, over = figures["ttft_ms"], figures["added_ms"], figures["over_reference_ms"]
+        verdict = {True: "met", False: "NOT MET", None: "(reference)"}[figures["met"]]
+        rows.append(
+            [
+                name,
+                figures["path"],
+                str(ttft["n"]),
+                f"{_num(ttft['p50'])} / {_num(ttft['p99'])}",
+                f"{_signed(add['p50'])} / {_signed(add['p99'])}",
+                f"{_signed(over['p50'])} / {_signed(over['p99'])}" if name != reference else "",
+                str(figures["errors"]),
+                verdict,
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        f"Added TTFT per surface ({surfaces['gateway']}, {surfaces['clients']} client taking turns between"
+        f" them and direct, a new random order each round; {surfaces['answer']['pieces']} pieces at once;"
+        f" {surfaces['window_s']:g} s):"
+    ]
+    lines += [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in [header, *rows]
+    ]
+    lines.insert(2, "  ".join("-" * w for w in widths))
+    lines.append(f"added: minus direct in the same window. CPU%: {_cpu(surfaces['cpu'])}.")
     return "\n".join(lines)
 
 
@@ -293,6 +380,8 @@ def _windows(results: dict[str, Any]) -> list[dict[str, Any]]:
         windows += [*figures["ttft"].values(), figures["relay"], figures["complete"]]
         if "hold" in figures:
             windows.append(figures["hold"])
+        if "surfaces" in figures:
+            windows.append(figures["surfaces"])
     return windows
 
 

@@ -7,7 +7,10 @@
 It starts the upstream emulator in its fast mode (no pause between pieces), load-generator worker
 processes (bench/loadgen.py), and for each transport a gateway (uvicorn, one worker); it measures
 the emulator called directly and each gateway under the same loads, prints one table and writes
-every figure to a JSON file. Timings are reported, never asserted.
+every figure to a JSON file. Against the first transport's gateway it also compares the client
+surfaces (Chat Completions, Anthropic Messages, Responses, legacy Completions): one client taking
+turns between them, and the emulator directly, in the same window; their table follows the main
+one. Timings are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ from bench.procs import (
 )
 
 TRANSPORTS = ("curl_cffi", "cloudscraper")
+# The client surfaces, each streamed: the route and the framing the load generator parses.
+SURFACES = {
+    "chat": "/v1/chat/completions",
+    "messages": "/v1/messages",
+    "responses": "/v1/responses",
+    "completions": "/v1/completions",
+}
+REFERENCE_SURFACE = "chat"
 REPLY_UNIT = "0123456789abcdef"  # 16 ASCII characters: one emulator piece at --chunk-size 16
 CHUNK_SIZE = len(REPLY_UNIT)
 SHORT_REPLY_PIECES = 4  # the answer of one client alone and of the non-streaming load
@@ -77,6 +88,9 @@ class Plan:
     busy_threshold: float = 25.0  # % of a core used by other processes that counts as busy
     nginx: bool = False
     pin: bool = False  # gateway (and Nginx) on the last CPU, emulator and load generator on the others
+    # The per-surface comparison at 1 client, on the first transport's gateway; () skips it.
+    surfaces: tuple[str, ...] = tuple(SURFACES)
+    surfaces_duration: float = 10.0  # measured seconds, shared by the surfaces taking turns
     app_dir: str = str(ROOT)  # the checkout whose gateway is measured
 
 
@@ -96,6 +110,7 @@ QUICK = Plan(
     hold_ramp=0.1,
     hold_settle=0.4,
     hold_rate=4.0,
+    surfaces_duration=0.6,
     retries=0,
 )
 
@@ -131,6 +146,37 @@ class Target:
             "framing": "sse",
             "unit": REPLY_UNIT,
         }
+
+
+def surface_request(url: str, surface: str, prompt: str) -> dict[str, Any]:
+    """A streamed request of one client surface of the gateway at `url`: what the load generator sends
+    and how it finds the answer's text ("framing")."""
+    content_type = {"Content-Type": "application/json"}
+    bearer = {"Authorization": f"Bearer {MASTER_KEY}", **content_type}
+    messages = [{"role": "user", "content": prompt}]
+    body: dict[str, Any]
+    if surface == "chat":
+        framing, headers = "sse", bearer
+        body = {"model": "gptomni", "messages": messages, "stream": True}
+    elif surface == "messages":
+        framing = "messages"
+        headers = {"x-api-key": MASTER_KEY, "anthropic-version": "2023-06-01", **content_type}
+        body = {"model": "gptomni", "max_tokens": 1024, "messages": messages, "stream": True}
+    elif surface == "responses":
+        framing, headers = "responses", bearer
+        body = {"model": "gptomni", "input": prompt, "stream": True}
+    elif surface == "completions":
+        framing, headers = "completions", bearer
+        body = {"model": "gptomni", "prompt": prompt, "stream": True}
+    else:
+        raise ValueError(f"unknown surface {surface!r}")
+    return {
+        "url": url + SURFACES[surface],
+        "headers": headers,
+        "body": json.dumps(body),
+        "framing": framing,
+        "unit": REPLY_UNIT,
+    }
 
 
 class Bench:
@@ -286,6 +332,39 @@ class Bench:
         )
         return {**figures, "answer": {"pieces": pieces, "seconds": seconds}, "window_s": duration}
 
+    def surfaces(self, gateway: Gateway) -> dict[str, Any]:
+        """Added TTFT of every client surface at one client, in one window: the client takes turns
+        (each round one request of each surface and one of the emulator directly, in a new random
+        order), so that drift on the machine hits them all alike. Short answers without pauses, as
+        at @1 in `ttft_level`. Added is against direct in the same window; `over_reference_ms` is
+        each surface minus Chat Completions."""
+        plan = self.plan
+        prompt = scripted(SHORT_REPLY_PIECES, delay=0, chunk_size=CHUNK_SIZE)
+        direct = Target("direct", self.emulator.url, direct=True).request(prompt, stream=True)
+        variants = [{"name": "direct", **direct}]
+        variants += [{"name": s, **surface_request(gateway.url, s, prompt)} for s in plan.surfaces]
+        phase = {key: value for key, value in variants[1].items() if key != "name"} | {
+            "kind": "stream",
+            "warmup": plan.warmup,
+            "duration": plan.surfaces_duration,
+            "variants": [{k: v for k, v in variant.items() if k != "unit"} for variant in variants],
+        }
+        results, cpu = self._run(phase, 1, self._pids(gateway, None))
+        merged = report.merge_variants(results, duration=plan.surfaces_duration)
+        by_surface = {name: {"path": SURFACES[name], **merged[name]} for name in plan.surfaces}
+        report.compare_surfaces(by_surface, merged["direct"], REFERENCE_SURFACE)
+        return {
+            "gateway": gateway.transport,
+            "clients": 1,
+            "answer": {"pieces": SHORT_REPLY_PIECES, "seconds": 0.0},
+            "window_s": plan.surfaces_duration,
+            "reference": REFERENCE_SURFACE,
+            "limit_over_reference_p50_ms": report.SURFACE_OVER_CHAT_P50_MS,
+            "direct": merged["direct"],
+            "by_surface": by_surface,
+            "cpu": cpu,
+        }
+
     def hold(self, target: Target, gateway: Gateway) -> dict[str, Any]:
         """Open many slow streams at once, hold them, close them; errors and the gateway's memory."""
         plan = self.plan
@@ -322,6 +401,8 @@ class Bench:
         try:
             measured: dict[str, dict[str, Any]] = {}
             figures = self.measure(Target(transport, gateway.url, direct=False), gateway)
+            if self.plan.surfaces and transport == self.plan.transports[0]:
+                figures["surfaces"] = self.surfaces(gateway)
             if self.plan.hold_streams:
                 figures["hold"] = self.hold(Target(transport, gateway.url, direct=False), gateway)
             measured[transport] = figures
@@ -435,6 +516,11 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, Path, bool, Path | None]:
     parser.add_argument("--complete-clients", type=int, help="concurrent non-streaming clients")
     parser.add_argument("--hold-streams", type=int, help="streams held open at once (0: skip the hold)")
     parser.add_argument("--hold-seconds", type=float, help="how long they are held")
+    parser.add_argument(
+        "--surfaces",
+        help=f"client surfaces compared at 1 client, default {','.join(SURFACES)} ('none' skips them)",
+    )
+    parser.add_argument("--surfaces-duration", type=float, help="measured seconds of that comparison")
     parser.add_argument("--workers", type=int, help="load-generator processes")
     parser.add_argument("--retries", type=int, help="repeat a phase disturbed by other processes (default 2)")
     parser.add_argument("--nginx", action="store_true", help="also measure through Nginx in front")
@@ -464,6 +550,8 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, Path, bool, Path | None]:
         "complete_clients": args.complete_clients,
         "hold_streams": args.hold_streams,
         "hold_seconds": args.hold_seconds,
+        "surfaces": _surfaces(parser, args.surfaces),
+        "surfaces_duration": args.surfaces_duration,
         "workers": args.workers,
         "retries": args.retries,
         "nginx": args.nginx or None,
@@ -476,6 +564,19 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, Path, bool, Path | None]:
         parser.error(f"unknown transport(s) {', '.join(sorted(unknown))}; use {', '.join(TRANSPORTS)}")
     default_out = "results-quick.json" if args.quick else "results.json"
     return plan, args.out or ROOT / "bench" / default_out, args.keep_workdir, args.show
+
+
+def _surfaces(parser: argparse.ArgumentParser, value: str | None) -> tuple[str, ...] | None:
+    """`--surfaces`: the reference (Chat Completions) always comes first; 'none' is ()."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip() and name.strip() != "none"]
+    unknown = set(names) - set(SURFACES)
+    if unknown:
+        parser.error(f"unknown surface(s) {', '.join(sorted(unknown))}; use {', '.join(SURFACES)}")
+    if not names:
+        return ()
+    return tuple(dict.fromkeys([REFERENCE_SURFACE, *names]))
 
 
 def main(argv: list[str] | None = None) -> int:

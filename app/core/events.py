@@ -19,8 +19,14 @@ _ALNUM = string.ascii_letters + string.digits
 
 
 def new_call_id() -> str:
-    """A neutral tool-call id: 24 random alphanumerics (a surface adds `call_`, `toolu_`, ...)."""
-    return "".join(secrets.choice(_ALNUM) for _ in range(24))
+    """A neutral tool-call id: 24 random alphanumerics (a surface adds `call_`, `toolu_`, ...).
+
+    One read of random bytes, not 24 `secrets.choice` calls (19 µs, most of a surface's time to first
+    token). Bytes of 248 and above are skipped so that each of the 62 characters stays equally likely."""
+    while True:
+        out = [_ALNUM[b % 62] for b in secrets.token_bytes(32) if b < 248]
+        if len(out) >= 24:
+            return "".join(out[:24])
 
 
 class FinishReason(enum.Enum):

@@ -136,8 +136,22 @@ async def encode_stream(
     events: AsyncIterator[Event], model: str, *, include_usage: bool = False
 ) -> AsyncIterator[bytes]:
     """The SSE body: a role chunk once the upstream answered, content and tool-call chunks, the
-    finish chunk, the usage chunk when asked for, and `[DONE]`; a failure is an error event."""
+    finish chunk, the usage chunk when asked for, and `[DONE]`; a failure is an error event.
+
+    The stream's id and `created` time are fixed when the upstream answers (`Started`); only
+    keep-alives and a failure can come before that."""
+    async for event in events:
+        if isinstance(event, Started):
+            break
+        if isinstance(event, KeepAlive):
+            yield KEEPALIVE
+        elif isinstance(event, Failed):
+            yield error_event(openai_envelope(event.error))
+            return
+    else:
+        return
     encoder = ChunkEncoder(model, include_usage=include_usage)
+    yield encoder.role()
     async for event in events:
         if isinstance(event, TextDelta):
             yield encoder.content(event.text)
@@ -145,8 +159,6 @@ async def encode_stream(
             yield encoder.delta(tool_call_delta(event))
         elif isinstance(event, KeepAlive):
             yield KEEPALIVE
-        elif isinstance(event, Started):
-            yield encoder.role()
         elif isinstance(event, Finished):
             yield encoder.finish(FINISH_REASONS[event.reason])
             if include_usage:
