@@ -14,11 +14,18 @@ from time import time
 
 _DELTA_SECONDS = re.compile(r"\d{1,9}(?:\.\d+)?")  # not "inf", "nan" or "-5", which float() takes
 _CF_BODY = re.compile(rb"cf-chl|_cf_chl_opt|challenge-platform|<title>\s*Just a moment", re.IGNORECASE)
+# Cloudflare's own error pages: the WAF's "Sorry, you have been blocked" (title "Attention Required! |
+# Cloudflare") and the 1020 "Access denied" page both carry cf-error-details and the Ray ID footer.
+_CF_BLOCK_BODY = re.compile(
+    rb"Attention Required! \| Cloudflare|Sorry, you have been blocked|cf-error-details|Cloudflare Ray ID",
+    re.IGNORECASE,
+)
 
 
 class FailureKind(enum.StrEnum):
-    AUTH = "auth"  # 401, or a 403 that is not Cloudflare: the cookie is rejected
+    AUTH = "auth"  # 401, or a 403 that is not Cloudflare's: the cookie is rejected
     CLOUDFLARE = "cloudflare"  # a Cloudflare challenge page
+    CLOUDFLARE_BLOCKED = "cloudflare_blocked"  # a Cloudflare WAF block page: the request, not the cookie
     RATE_LIMITED = "rate_limited"  # 429
     SERVER_ERROR = "server_error"  # 5xx
     CLIENT_ERROR = "client_error"  # any other 4xx: our request was refused
@@ -38,12 +45,20 @@ class UpstreamFailure(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        set_cookies: list[str] | None = None,
+        proxy: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+        # The raw Set-Cookie values of the answer that failed (a site may rotate cookies on an error
+        # answer too). Secrets: never part of the message or the repr.
+        self.set_cookies: list[str] = list(set_cookies) if set_cookies else []
+        # When the failure is the proxy's (it refused, could not be reached, rejected the credentials,
+        # could not open the way to the upstream): that proxy, masked (`mask_proxy`). Else None.
+        self.proxy = proxy
 
     @property
     def message(self) -> str:
@@ -61,6 +76,14 @@ def is_cloudflare_challenge(status: int, headers: Mapping[str, str], body_head: 
     if status in (403, 429, 503) and headers.get("server", "").lower().startswith("cloudflare"):
         return bool(_CF_BODY.search(body_head))
     return status in (403, 503) and bool(_CF_BODY.search(body_head))
+
+
+def is_cloudflare_block(status: int, headers: Mapping[str, str], body_head: bytes) -> bool:
+    """A Cloudflare WAF block page (403 from Cloudflare with its error page), not a challenge."""
+    if status != 403 or is_cloudflare_challenge(status, headers, body_head):
+        return False
+    from_cloudflare = headers.get("server", "").lower().startswith("cloudflare") or "cf-ray" in headers
+    return from_cloudflare and bool(_CF_BLOCK_BODY.search(body_head))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -85,6 +108,13 @@ def classify_response(status: int, headers: Mapping[str, str], body_head: bytes)
         return None
     if is_cloudflare_challenge(status, headers, body_head):
         return UpstreamFailure(FailureKind.CLOUDFLARE, "blocked by a Cloudflare challenge", status=status)
+    if is_cloudflare_block(status, headers, body_head):
+        return UpstreamFailure(
+            FailureKind.CLOUDFLARE_BLOCKED,
+            "blocked by Cloudflare's firewall (a block page, not a challenge; WAF rules can match the "
+            "request itself)",
+            status=status,
+        )
     if status in (401, 403):
         return UpstreamFailure(
             FailureKind.AUTH, "the credential was rejected (expired cookie?)", status=status

@@ -15,6 +15,7 @@ TIMEOUTS = Timeouts(connect=1, first_byte=1, idle=1)
 class FakeStream:
     status = 200
     headers: Mapping[str, str] = {}
+    set_cookies: list[str] = []  # noqa: RUF012 - read only
 
     def __init__(self) -> None:
         self.pieces: list[bytes] = []

@@ -11,6 +11,7 @@ from app.upstream.failures import (
     FailureKind,
     UpstreamFailure,
     classify_response,
+    is_cloudflare_block,
     is_cloudflare_challenge,
     parse_retry_after,
 )
@@ -24,6 +25,59 @@ CF_PAGE = (
     b'<script src="/cdn-cgi/challenge-platform/h/b/orchestrate/chl_page/v1"></script></body></html>'
 )
 CF_HEADERS = {"server": "cloudflare", "content-type": "text/html; charset=UTF-8", "cf-ray": "8a1b2c3d4e-AMS"}
+# Cloudflare's WAF block page, as served for a managed-rule or custom-rule block (abridged: head,
+# the error details and the footer; the markers sit where they sit on the real page).
+WAF_PAGE = b"""<!DOCTYPE html>
+<!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->
+<!--[if gt IE 8]><!--> <html class="no-js" lang="en-US"> <!--<![endif]-->
+<head>
+<title>Attention Required! | Cloudflare</title>
+<meta charset="UTF-8" />
+<meta name="robots" content="noindex, nofollow" />
+<link rel="stylesheet" id="cf_styles-css" href="/cdn-cgi/styles/cf.errors.css" />
+</head>
+<body>
+  <div id="cf-wrapper">
+    <div class="cf-alert cf-alert-error cf-cookie-error" id="cookie-alert">Please enable cookies.</div>
+    <div id="cf-error-details" class="cf-error-details-wrapper">
+      <div class="cf-wrapper cf-header cf-error-overview">
+        <h1 data-translate="block_headline">Sorry, you have been blocked</h1>
+        <h2 class="cf-subheadline"><span data-translate="unable_to_access">You are unable to access</span>
+        gptomni.ai</h2>
+      </div>
+      <div class="cf-section cf-wrapper">
+        <p data-translate="blocked_why_detail">This website is using a security service to protect itself
+        from online attacks. The action you just performed triggered the security solution.</p>
+      </div>
+      <div class="cf-error-footer cf-wrapper w-240 lg:w-full py-10 sm:py-4 sm:px-8 mx-auto text-center">
+        <p class="text-13">
+          <span class="cf-footer-item sm:block sm:mb-1">Cloudflare Ray ID:
+          <strong class="font-semibold">8e1f2c3d4b5a0001</strong></span>
+          <span class="cf-footer-item sm:block sm:mb-1"><span>Performance &amp; security by</span>
+          <a rel="noopener noreferrer" href="https://www.cloudflare.com/5xx-error-landing">Cloudflare</a></span>
+        </p>
+      </div>
+    </div>
+  </div>
+</body>
+</html>
+"""
+# Error 1020 ("Access denied"): a firewall rule, same error-page template, another title.
+ACCESS_DENIED_PAGE = b"""<!DOCTYPE html>
+<html class="no-js" lang="en-US"><head>
+<title>Access denied | gptomni.ai used Cloudflare to restrict access</title>
+<meta charset="UTF-8" /></head><body>
+<div id="cf-wrapper"><div id="cf-error-details" class="p-0">
+<header class="mx-auto pt-10 lg:pt-6 lg:px-8 w-240 lg:w-full mb-8">
+<h1 class="inline-block sm:block sm:mb-2 font-light text-60 lg:text-4xl text-black-dark leading-tight mr-2">
+<span class="inline-block">Access denied</span>
+<span class="code-label">Error code 1020</span></h1></header>
+<div class="cf-error-footer cf-wrapper"><p class="text-13">
+<span class="cf-footer-item sm:block sm:mb-1">Cloudflare Ray ID: <strong>8e1f2c3d4b5a0002</strong></span>
+</p></div></div></div></body></html>
+"""
+# The WAF's block headers: Cloudflare's, with no cf-mitigated (that one marks a challenge).
+WAF_HEADERS = {"server": "cloudflare", "content-type": "text/html; charset=UTF-8", "cf-ray": "8e1f2c3d-SJC"}
 
 CASES = [
     # (id, status, headers, body head, kind or None)
@@ -46,6 +100,35 @@ CASES = [
     ("503 cf page", 503, CF_HEADERS, CF_PAGE, FailureKind.CLOUDFLARE),
     ("503 cf marker no server", 503, {}, b"<html>challenge-platform</html>", FailureKind.CLOUDFLARE),
     ("429 cf page", 429, CF_HEADERS, CF_PAGE, FailureKind.CLOUDFLARE),
+    ("403 waf block page", 403, WAF_HEADERS, WAF_PAGE, FailureKind.CLOUDFLARE_BLOCKED),
+    ("403 waf cf-ray only", 403, {"cf-ray": "8e1f-LHR"}, WAF_PAGE, FailureKind.CLOUDFLARE_BLOCKED),
+    ("403 waf server only", 403, {"server": "cloudflare"}, WAF_PAGE, FailureKind.CLOUDFLARE_BLOCKED),
+    ("403 1020 access denied", 403, WAF_HEADERS, ACCESS_DENIED_PAGE, FailureKind.CLOUDFLARE_BLOCKED),
+    ("403 waf head only", 403, WAF_HEADERS, WAF_PAGE[:300], FailureKind.CLOUDFLARE_BLOCKED),
+    (
+        "403 challenge with ray footer",
+        403,
+        CF_HEADERS,
+        CF_PAGE + b"Cloudflare Ray ID",
+        FailureKind.CLOUDFLARE,
+    ),
+    (
+        "403 waf page cf-mitigated",
+        403,
+        WAF_HEADERS | {"cf-mitigated": "challenge"},
+        WAF_PAGE,
+        FailureKind.CLOUDFLARE,
+    ),
+    (
+        "403 json via cloudflare",
+        403,
+        WAF_HEADERS | {"content-type": "application/json"},
+        b'{"message":"Forbidden"}',
+        FailureKind.AUTH,
+    ),
+    ("403 block page not from cloudflare", 403, {"server": "nginx"}, WAF_PAGE, FailureKind.AUTH),
+    ("401 waf page", 401, WAF_HEADERS, WAF_PAGE, FailureKind.AUTH),
+    ("503 waf page", 503, WAF_HEADERS, WAF_PAGE, FailureKind.SERVER_ERROR),
     ("503 plain", 503, {"server": "nginx"}, b"<html>Service Unavailable</html>", FailureKind.SERVER_ERROR),
     ("500", 500, {}, b"Internal Server Error", FailureKind.SERVER_ERROR),
     ("502 cf server no markers", 502, {"server": "cloudflare"}, b"Bad gateway", FailureKind.SERVER_ERROR),
@@ -166,6 +249,42 @@ def test_parse_retry_after_unreadable_is_none(value: str | None) -> None:
 )
 def test_is_cloudflare_challenge(status: int, headers: dict[str, str], body: bytes, expected: bool) -> None:
     assert is_cloudflare_challenge(status, headers, body) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "expected"),
+    [
+        (403, WAF_HEADERS, WAF_PAGE, True),
+        (403, {"cf-ray": "x"}, b"<h1>Sorry, you have been blocked</h1>", True),
+        (403, {"server": "cloudflare"}, b'<div id="cf-error-details">', True),
+        (403, {"server": "cloudflare"}, b"attention required! | cloudflare", True),
+        (403, WAF_HEADERS, CF_PAGE, False),  # a challenge is not a block
+        (403, WAF_HEADERS | {"cf-mitigated": "challenge"}, WAF_PAGE, False),
+        (403, {}, WAF_PAGE, False),  # not served by Cloudflare
+        (403, WAF_HEADERS, b'{"message":"Forbidden"}', False),
+        (401, WAF_HEADERS, WAF_PAGE, False),
+        (200, WAF_HEADERS, WAF_PAGE, False),
+    ],
+)
+def test_is_cloudflare_block(status: int, headers: dict[str, str], body: bytes, expected: bool) -> None:
+    assert is_cloudflare_block(status, headers, body) is expected
+
+
+def test_block_message_says_it_is_not_the_cookie() -> None:
+    failure = classify_response(403, WAF_HEADERS, WAF_PAGE)
+    assert failure is not None
+    assert failure.kind.value == "cloudflare_blocked"
+    assert "block page" in failure.message
+    assert "expired" not in failure.message
+
+
+def test_set_cookies_ride_along_but_never_show() -> None:
+    secret = "__Secure-next-auth.session-token=eyJROTATEDSECRET; Path=/; HttpOnly"
+    failure = UpstreamFailure(FailureKind.AUTH, "rejected", status=401, set_cookies=[secret])
+    assert failure.set_cookies == [secret]
+    for text in (failure.message, failure.detail, str(failure), repr(failure)):
+        assert "ROTATEDSECRET" not in text
+    assert UpstreamFailure(FailureKind.TIMEOUT, "slow").set_cookies == []
 
 
 def test_failure_without_status() -> None:
