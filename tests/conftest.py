@@ -4,9 +4,12 @@ never leaks into a test, and writes its log to a file the tests can read."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,8 @@ import pytest
 from tests.processes import ROOT, base_env, free_port
 
 EMULATOR = ROOT / "tests" / "upstream_emulator.py"
+FORWARD_PROXY = ROOT / "tests" / "forward_proxy.py"
+SESSION_COOKIE = "__Secure-next-auth.session-token"
 MASTER_KEY = "sk-test-master-key-0123456789"
 TRANSPORTS = ("curl_cffi", "cloudscraper")
 
@@ -69,6 +74,117 @@ class Emulator:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self._log.close()
+
+    # --- helpers for sessions, Set-Cookie and what reached the upstream ---
+
+    @staticmethod
+    def rotating_cookie(account: str, token: str | None = None, extra: str = "") -> str:
+        """A cookie string for an account whose NextAuth session token rotates on every answer
+        (`emu_rotate=<account>`); the first token the emulator sees for `account` is accepted."""
+        token = token or f"seed.{secrets.token_hex(8)}"
+        return f"{SESSION_COOKIE}={token}; emu_rotate={account}{extra}"
+
+    @staticmethod
+    def set_cookie_option(*lines: str) -> str:
+        """The `emu_set_cookie_b64=...` cookie pair that makes each answer carry these Set-Cookie lines."""
+        return "emu_set_cookie_b64=" + base64.b64encode("\n".join(lines).encode()).decode()
+
+    def chat(self, prompt: str, cookie: str, **headers: str) -> httpx.Response:
+        """One chat request straight to the emulator (not through the gateway)."""
+        response = httpx.post(
+            f"{self.url}/api/chatWithText",
+            json={"prompt": prompt},
+            headers={"Cookie": cookie, **headers},
+            timeout=10,
+        )
+        return response
+
+    def session_check(self, cookie: str | None, **headers: str) -> httpx.Response:
+        """`GET /api/auth/session` straight to the emulator."""
+        if cookie is not None:
+            headers["Cookie"] = cookie
+        return httpx.get(f"{self.url}/api/auth/session", headers=headers, timeout=5)
+
+    def last_requests(self, path: str | None = "/api/chatWithText") -> list[dict[str, Any]]:
+        """The recorded requests (the last 50), oldest first; only those to `path` unless it is None."""
+        requests: list[dict[str, Any]] = self.stats()["last_requests"]
+        return [r for r in requests if path is None or r["path"] == path]
+
+    def account(self, name: str) -> dict[str, Any] | None:
+        """A rotating account's session state: {current, previous, rotations, grace_uses, rejected,
+        session_checks}, or None before its first request."""
+        state: dict[str, Any] | None = self.stats()["sessions"].get(name)
+        return state
+
+
+class ForwardProxy:
+    """tests/forward_proxy.py as a subprocess: an HTTP (absolute-URI and CONNECT) and SOCKS5 proxy on
+    one loopback port. `url` is `http://127.0.0.1:PORT`; `proxy_url("socks5")` adds the credentials."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        refuse: bool = False,
+    ) -> None:
+        self.user = user
+        self.password = password
+        handle, log_name = tempfile.mkstemp(prefix="forward-proxy-", suffix=".log", dir=workdir)
+        self.log_path = Path(log_name)
+        self._log = open(handle, "w")  # noqa: SIM115 - closed in stop()
+        args = [sys.executable, str(FORWARD_PROXY), "--host", "127.0.0.1", "--port", "0"]
+        if user is not None and password is not None:
+            args += ["--user", user, "--password", password]
+        if refuse:
+            args.append("--refuse")
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self._log, text=True, env=base_env(), cwd=workdir
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("PROXY_LISTENING"), f"forward proxy did not start: {line!r}"
+        self.address = line.split()[1]
+        self.host, _, port = self.address.rpartition(":")
+        self.port = int(port)
+        self.url = f"http://{self.address}"
+
+    def proxy_url(self, scheme: str = "http", *, user: str | None = None, password: str | None = None) -> str:
+        """`scheme://[user:password@]host:port`, with this proxy's own credentials unless given others."""
+        user = self.user if user is None else user
+        password = self.password if password is None else password
+        credentials = f"{user}:{password}@" if user is not None and password is not None else ""
+        return f"{scheme}://{credentials}{self.address}"
+
+    def stats(self) -> dict[str, Any]:
+        """{requests, connects, socks, targets, by_cookie, by_target, by_user_agent, auth_failures,
+        connect_failures, connections, connections_total}; not served with refuse=True."""
+        response = httpx.get(f"{self.url}/_proxy/stats", timeout=5, trust_env=False)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_proxy/reset", timeout=5, trust_env=False).raise_for_status()
+
+    def log(self) -> str:
+        """What the proxy wrote to stderr (nothing, unless a connection handler failed)."""
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
 
 

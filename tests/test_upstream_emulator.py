@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import json
+import re
 import subprocess
 import sys
 import time
@@ -369,3 +372,234 @@ def test_keep_alive_reuses_one_connection(base_url: str) -> None:
         current = stats(one)
     assert current["connections_total"] == 0  # every request above rode the pre-reset connection
     assert len({request["conn"] for request in current["last_requests"]}) == 1
+
+
+# --- NextAuth sessions, Set-Cookie, WAF, poison ------------------------------------------------
+
+SESSION_COOKIE = "__Secure-next-auth.session-token"
+ROTATION_RE = re.compile(
+    r"__Secure-next-auth\.session-token=(emu\.[0-9a-f]{32}); Path=/; Expires=([^;]+); HttpOnly; Secure; "
+    r"SameSite=Lax"
+)
+
+
+def rotating(account: str, token: str, extra: str = "") -> str:
+    return f"{SESSION_COOKIE}={token}; emu_rotate={account}; NEXT_LOCALE=en{extra}"
+
+
+def new_token(response: httpx.Response) -> str:
+    """The token of the one rotation Set-Cookie on the response; checks its attributes."""
+    rotations = [ROTATION_RE.fullmatch(v) for v in response.headers.get_list("set-cookie")]
+    matches = [m for m in rotations if m]
+    assert len(matches) == 1, response.headers.get_list("set-cookie")
+    expires = email.utils.parsedate_to_datetime(matches[0].group(2)).timestamp()
+    assert abs(expires - (time.time() + 30 * 86_400)) < 60
+    assert matches[0].group(2).endswith(" GMT")
+    return matches[0].group(1)
+
+
+def chat(
+    client: httpx.Client, prompt: str, cookie: str | None = COOKIE, stream: bool = False
+) -> httpx.Response:
+    return client.send(chat_request(client, prompt, cookie), stream=stream)
+
+
+def session(client: httpx.Client, cookie: str | None, **headers: str) -> httpx.Response:
+    if cookie is not None:
+        headers["Cookie"] = cookie
+    return client.get("/api/auth/session", headers=headers)
+
+
+def test_rotating_session_renews_on_every_answer_and_honours_one_grace_use(client: httpx.Client) -> None:
+    account = "rot-chat"
+    first = chat(client, "hi", cookie=rotating(account, "first-ever"))
+    assert first.status_code == 200
+    t1 = new_token(first)
+    second = chat(client, "hi", cookie=rotating(account, t1))
+    assert second.status_code == 200
+    t2 = new_token(second)
+    assert len({t1, t2, "first-ever"}) == 3
+    # t1 is the previous token now: good for one more use, which renews again.
+    grace = chat(client, "hi", cookie=rotating(account, t1))
+    assert grace.status_code == 200
+    t3 = new_token(grace)
+    for stale in (t1, "first-ever", "made-up"):
+        rejected = chat(client, "hi", cookie=rotating(account, stale))
+        assert (rejected.status_code, rejected.json()) == (401, {"error": "Unauthorized"})
+        assert "set-cookie" not in rejected.headers
+    no_session = chat(client, "hi", cookie=f"emu_rotate={account}")
+    assert no_session.status_code == 401
+    # t2 became the previous token when t3 was issued: one more use, then gone.
+    assert chat(client, "hi", cookie=rotating(account, t2)).status_code == 200
+    assert chat(client, "hi", cookie=rotating(account, t2)).status_code == 401
+    state = stats(client)["sessions"][account]
+    assert state["rotations"] == 4
+    assert state["grace_uses"] == 2
+    assert state["rejected"] == 5
+    assert state["previous"] is not None
+    assert state["current"] not in (t1, t2, t3)
+
+
+def test_rotation_happens_only_on_answers_that_are_200(client: httpx.Client) -> None:
+    account = "rot-status"
+    token = new_token(chat(client, "hi", cookie=rotating(account, "seed")))
+    for prompt in ("[[emu status=500]]", "[[emu status=429]]", "[[emu cf=1]]", "[[emu waf=1]]"):
+        response = chat(client, prompt, cookie=rotating(account, token))
+        assert response.status_code != 200
+        assert "set-cookie" not in response.headers
+    # Still the current token: nothing rotated, and the same token keeps working.
+    assert stats(client)["sessions"][account]["current"] == token
+    cut = chat(client, "[[emu cut=3]] hi", cookie=rotating(account, token), stream=True)
+    assert cut.status_code == 200
+    assert new_token(cut)  # the renewal rides on the 200 head, before the body is cut
+    cut.close()
+
+
+def test_session_endpoint_for_a_rotating_account(client: httpx.Client) -> None:
+    account = "rot-session"
+    alive = session(client, rotating(account, "seed-token"))
+    assert alive.status_code == 200
+    body = alive.json()
+    assert body["user"]["name"] == account
+    assert body["user"]["email"].endswith("@users.emulator.invalid")
+    expires = datetime.datetime.fromisoformat(body["expires"].replace("Z", "+00:00"))
+    assert abs(expires.timestamp() - (time.time() + 30 * 86_400)) < 60
+    token = new_token(alive)
+    # The session endpoint renews like a chat answer; the chat sees the renewed token.
+    answer = chat(client, "hi", cookie=rotating(account, token))
+    assert answer.status_code == 200
+    assert session(client, rotating(account, new_token(answer))).json()["user"]["name"] == account
+    for cookie in (rotating(account, "wrong"), f"emu_rotate={account}", None, ""):
+        signed_out = session(client, cookie)
+        assert (signed_out.status_code, signed_out.json()) == (200, {})
+        assert "set-cookie" not in signed_out.headers
+
+
+def test_session_endpoint_for_plain_cookies_and_its_stats(client: httpx.Client) -> None:
+    client.post("/_emu/reset")
+    alive = session(client, "sid=plain-1", **{"User-Agent": "probe/1.0"})
+    assert alive.status_code == 200
+    assert alive.json()["user"]["name"] == "Emulator User"
+    assert "set-cookie" not in alive.headers
+    empty = "sid=plain-2; emu_session=empty"
+    assert session(client, empty).json() == {}
+    assert chat(client, "hi", cookie=empty).status_code == 401
+    client.post("/_emu/faults", json={"match": "plain-3", "options": {"session": "error"}})
+    broken = session(client, "sid=plain-3")
+    assert broken.status_code == 500
+    assert broken.headers["content-type"] == "text/html"
+    assert chat(client, "hi", cookie="sid=plain-3").status_code == 200
+    # A cookie whose chat answers 401 models an expired cookie unless its session is said alive;
+    # a WAF block says nothing about the session.
+    assert session(client, "sid=plain-4; emu_status=401").json() == {}
+    for options in ("emu_status=401; emu_session=alive", "emu_waf=1"):
+        assert "user" in session(client, f"sid=plain-4; {options}").json()
+    assert session(client, "sid=x; emu_session=bogus").status_code == 400
+    current = stats(client)
+    assert current["session_checks"] == 7
+    assert current["session_checks_by_cookie"]["sid=plain-1"] == 1
+    assert current["requests"] == 2  # the two chat calls only
+    checks = [r for r in current["last_requests"] if r["path"] == "/api/auth/session"]
+    assert [(r["method"], r["cookie"], r["status"]) for r in checks[:3]] == [
+        ("GET", "sid=plain-1", 200),
+        ("GET", empty, 200),
+        ("GET", "sid=plain-3", 500),
+    ]
+    assert checks[0]["user_agent"] == "probe/1.0"
+    assert checks[0]["prompt"] is None
+    assert current["by_user_agent"]["probe/1.0"] == 1
+    client.post("/_emu/reset")
+
+
+def test_set_cookie_b64_sends_each_line_as_its_own_header(client: httpx.Client) -> None:
+    lines = [
+        "cf_clearance=new-clearance; Path=/; Domain=.gptomni.ai; Secure; HttpOnly",
+        "NEXT_LOCALE=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+        "__Host-next-auth.csrf-token=abc%7Cdef; Path=/; Secure",
+    ]
+    encoded = base64.b64encode("\r\n".join(lines).encode()).decode()
+    cookie = f"sid=jar; emu_set_cookie_b64={encoded}"
+    ok = chat(client, "hi", cookie=cookie)
+    assert ok.status_code == 200
+    assert ok.headers.get_list("set-cookie") == lines
+    refused = chat(client, "[[emu status=401]]", cookie=cookie)
+    assert (refused.status_code, refused.headers.get_list("set-cookie")) == (401, lines)
+    assert session(client, cookie).headers.get_list("set-cookie") == lines
+    # With a rotating account the extra lines come first, then the renewal.
+    rot = client.send(
+        chat_request(client, "hi", cookie=rotating("rot-jar", "seed", f"; emu_set_cookie_b64={encoded}"))
+    )
+    assert rot.headers.get_list("set-cookie")[:3] == lines
+    assert new_token(rot)
+    # Also as a fault or a prompt option; a value that is no base64 is a bad option.
+    one = base64.b64encode(b"a=1; Path=/").decode()
+    assert chat(client, f"[[emu set_cookie_b64={one}]]").headers["set-cookie"] == "a=1; Path=/"
+    assert chat(client, "[[emu set_cookie_b64=%%%]]").status_code == 400
+
+
+def test_waf_block_page_is_no_challenge(client: httpx.Client) -> None:
+    from app.upstream.failures import classify_response, is_cloudflare_challenge
+
+    response = chat(client, "[[emu waf=1]] DROP TABLE users;")
+    assert response.status_code == 403
+    assert response.headers["server"] == "cloudflare"
+    assert re.fullmatch(r"[0-9a-f]{16}-SJC", response.headers["cf-ray"])
+    assert response.headers["content-type"] == "text/html; charset=UTF-8"
+    page = response.text
+    assert "<title>Attention Required! | Cloudflare</title>" in page
+    assert "Sorry, you have been blocked" in page
+    assert 'id="cf-error-details"' in page
+    assert f'Cloudflare Ray ID: <strong class="font-semibold">{response.headers["cf-ray"][:16]}' in page
+    assert "cf-mitigated" not in response.headers
+    for marker in ("cf-chl", "_cf_chl_opt", "challenge-platform", "Just a moment"):
+        assert marker.lower() not in page.lower()
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    assert not is_cloudflare_challenge(403, headers, response.content)
+    failure = classify_response(403, headers, response.content[:2048])
+    assert failure is not None
+    assert failure.kind.value != "cloudflare"
+    # Also as a cookie option or a fault.
+    assert chat(client, "hi", cookie="sid=w; emu_waf=1").status_code == 403
+
+
+def test_poison_answers_500_whatever_the_cookie(client: httpx.Client) -> None:
+    for prompt in ("[[emu poison]]", "[[emu poison]]\nthen\n[[emu format=json]]", "x [[emu  poison ]] y"):
+        for cookie in (COOKIE, "sid=p; emu_status=200", "sid=p; emu_poison=0; emu_format=sse"):
+            response = chat(client, prompt, cookie=cookie)
+            assert response.status_code == 500, (prompt, cookie)
+            assert response.headers["content-type"] == "text/html"
+            assert "500" in response.text
+    client.post("/_emu/faults", json={"match": "poisoned-by-fault", "options": {"poison": "1"}})
+    assert chat(client, "hi", cookie="sid=poisoned-by-fault").status_code == 500
+    client.post("/_emu/faults", json={"match": "poisoned-by-fault", "options": {}})
+    assert chat(client, "hi", cookie="sid=poisoned-by-fault").status_code == 200
+    # A signed-out account still gets its 401 first; a poisoned answer renews no token.
+    assert chat(client, "[[emu poison]]", cookie=rotating("rot-p", "t")).status_code == 500
+    assert chat(client, "[[emu poison]]", cookie=rotating("rot-p", "u")).status_code == 401
+    assert stats(client)["sessions"]["rot-p"]["rotations"] == 0
+
+
+def test_last_requests_show_the_user_agent_cookie_and_status(client: httpx.Client) -> None:
+    client.post("/_emu/reset")
+    headers = {"User-Agent": "Mozilla/5.0 (emu test) Chrome/124", "Cookie": "sid=ua"}
+    client.post("/api/chatWithText", json={"prompt": "hi"}, headers=headers)
+    client.post("/api/chatWithText", json={"prompt": "[[emu status=503]]"}, headers={"Cookie": "sid=ua2"})
+    first, second = stats(client)["last_requests"]
+    assert first["headers"]["user-agent"] == first["user_agent"] == headers["User-Agent"]
+    assert first["headers"]["cookie"] == first["cookie"] == "sid=ua"
+    assert (first["status"], first["account"]) == (200, None)
+    assert second["user_agent"].startswith("python-httpx/")
+    assert second["status"] == 503
+    assert stats(client)["by_user_agent"][headers["User-Agent"]] == 1
+
+
+def test_reset_forgets_the_tokens(client: httpx.Client) -> None:
+    account = "rot-reset"
+    token = new_token(chat(client, "hi", cookie=rotating(account, "a")))
+    assert stats(client)["by_account"][account] == 1
+    client.post("/_emu/reset")
+    assert account not in stats(client)["sessions"]
+    # After a reset any token is the first one seen again.
+    assert chat(client, "hi", cookie=rotating(account, "anything")).status_code == 200
+    assert chat(client, "hi", cookie=rotating(account, token)).status_code == 401
+    assert chat(client, "hi", cookie=rotating("bad name!", "x")).status_code == 400

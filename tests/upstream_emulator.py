@@ -10,7 +10,11 @@ CLI: python tests/upstream_emulator.py --host 127.0.0.1 --port 0 [--chunk-delay 
 POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie header required.
   No/empty Cookie -> 401 {"error":"Unauthorized"}; body not {"prompt": str} -> 400 {"error":"bad request"};
   unknown or malformed option -> 400 {"error":"bad emu option","detail":...}. Every call is recorded.
-  Options: the LAST `[[emu key=value ...]]` in the prompt, overridden by cookies `emu_<key>=<value>`.
+  Options: the LAST `[[emu key=value ...]]` in the prompt, overridden by cookies `emu_<key>=<value>`,
+  overridden by faults (below). The answer, the first that applies after the options parsed:
+    signed out (session=empty, or a rotating account's token rejected) -> 401 {"error":"Unauthorized"};
+    poisoned -> 500; waf -> 403 block page; cf -> challenge; status != 200 -> that status; else 200.
+    Any `first_byte_delay` comes before all of them; set_cookie_b64 lines ride on every one of them.
     status=N            401 {"error":"Unauthorized"} | 403 {"message":"Forbidden"} | 429 {"error":"Too Many
                         Requests"} + Retry-After | 5xx small text/html page | other {"error": "<reason>"}
     retry_after=N       Retry-After seconds for 429 (default 1)
@@ -32,6 +36,26 @@ POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie head
     cut=N               after N body bytes (0 = right after headers) end the connection without
                         the terminating chunk: the client sees an incomplete chunked body
     cut_mode=fin|rst    (extra) how cut ends it: flush + FIN (default), or flush + TCP RST
+    poison=1            500 (the status=500 page), over every cookie option and fault. `[[emu poison]]`
+                        (bare word) ANYWHERE in the prompt poisons it, not only in the last directive,
+                        and no cookie option can lift it: a poison prompt is one word. An account that
+                        is signed out still gets its 401 first (auth comes before the handler).
+    waf=1               Cloudflare WAF block page: 403 "Attention Required! | Cloudflare" / "Sorry, you
+                        have been blocked", cf-error-details, a Ray ID, Server: cloudflare, cf-ray, and
+                        NO challenge marker (no cf-mitigated, cf-chl, _cf_chl_opt, challenge-platform,
+                        "Just a moment"): app/upstream/failures.py must not take it for a challenge.
+    rotate=NAME         a rotating NextAuth session for account NAME ([A-Za-z0-9._-]{1,64}), meant as the
+                        cookie `emu_rotate=NAME` next to `__Secure-next-auth.session-token=<token>`. See
+                        "Rotating sessions" below.
+    session=auto|alive|empty|error
+                        the NextAuth session. auto (default): alive, except for a cookie whose status
+                        option is 401, 403 or 3xx (an expired cookie: the endpoint says {}). alive:
+                        alive whatever the status (a 401 that is not about the session). empty:
+                        signed out: chat 401, session endpoint {}. error: session endpoint 500
+                        (chat unaffected).
+    set_cookie_b64=B64  base64 of UTF-8 text, one Set-Cookie header value per line (LF or CRLF): each
+                        line is sent verbatim as its own `Set-Cookie:` header on the answer (every
+                        status) and on the session endpoint. Latin-1 only, no bare CR.
   Reply, the first rule that applies:
     1. the LAST `<<<EMU_REPLY@N\n...\nEMU_REPLY>>>` block whose N is the number of tool results in the
        prompt (turn N of a scripted tool round trip). A tool result is what the gateway renders for one
@@ -55,15 +79,44 @@ POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie head
   A client that goes away (EOF or a write error, also while silent) stops the answer at once and
   counts as a disconnect.
 
+Rotating sessions (the cookie option rotate=NAME). Per NAME the emulator keeps the current token and
+  the previous one. The token is the value of the cookie `__Secure-next-auth.session-token`. A request
+  presenting the current token is valid; the previous one is valid ONE more time (then rejected); the
+  first token ever seen for a NAME is accepted and becomes current; anything else (or no session
+  cookie) is rejected: 401 on chat, {} on the session endpoint. Every 200 chat answer and every
+  session-endpoint answer that finds the session alive issues a new token:
+    Set-Cookie: __Secure-next-auth.session-token=emu.<32 hex>; Path=/; Expires=<now + 30 days, HTTP
+    date>; HttpOnly; Secure; SameSite=Lax
+  and the old current token becomes the previous one. Tokens are checked when a request arrives and
+  renewed when its 200 head is sent: requests in flight together on one token all pass, each of their
+  answers carries a newer token, and only the last two issued are good afterwards (a client must keep
+  the latest Set-Cookie it received). 5xx, 4xx, cf and waf answers renew nothing.
+
+GET /api/auth/session (Cookie header as for chat; options from `emu_` cookies and faults only)
+  -> 200 {"user": {"name", "email", "image": null}, "expires": "<ISO 8601, 30 days ahead>"} when alive
+  (name = the account NAME for a rotating account, else "Emulator User"; email derived from a hash);
+  200 {} when signed out: no Cookie, session=empty, or a rotating account's token rejected;
+  500 (html) for session=error. Other options are parsed (a bad one is 400) but ignored: a cookie with
+  status=401 or waf=1 still has a live session. Counted in session_checks / session_checks_by_cookie
+  (NOT in requests/by_cookie, which count chat calls) and recorded in last_requests with its path.
+
 GET /_emu/health -> {"ok": true}     POST /_emu/reset -> {"ok": true}     anything else -> 404 JSON
 POST /_emu/faults {"match": "<part of a cookie>", "options": {"status": "401"}} -> options applied to
   every request whose Cookie contains `match`, over all others (a cookie that expires, then is
   refreshed: send {} as options to clear it). reset clears all faults.
 GET /_emu/stats  -> {requests, by_cookie, in_flight, max_in_flight, completed, disconnects,
-  disconnect_times, now, request_times, last_requests, plus (extra) cuts, connections, connections_total}.
-  Each of last_requests: {time, method, path, headers, cookie, prompt, raw_body, conn, tool_results}
+  disconnect_times, now, request_times, last_requests, plus (extra) cuts, connections, connections_total,
+  by_account (chat calls per rotate NAME), by_user_agent (chat + session calls per User-Agent),
+  session_checks, session_checks_by_cookie, rotations (tokens issued), rejected_sessions (rotating
+  tokens refused), sessions {NAME: {current, previous, rotations, grace_uses, rejected,
+  session_checks}}}.
+  Each of last_requests (chat and session calls, oldest first, the last 50): {time, method, path,
+  headers (all of them, names lower-case: which cookie and User-Agent reached the upstream), cookie,
+  user_agent (null without one), prompt, raw_body, conn, tool_results, account (rotate NAME or null),
+  status (the status answered; null until chosen, or for a request that ended before)}
   (tool_results: the N of rule 1 above, null without a prompt).
-  Times are time.monotonic(). reset zeroes everything except the live gauges in_flight/connections.
+  Times are time.monotonic(). reset zeroes everything except the live gauges in_flight/connections,
+  and forgets every account's tokens (the next token seen for a NAME is accepted).
 """
 
 from __future__ import annotations
@@ -74,12 +127,15 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import datetime
 import email.utils
+import hashlib
 import http
 import itertools
 import json
 import re
 import resource
+import secrets
 import signal
 import socket
 import struct
@@ -90,6 +146,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 CHAT_PATH = "/api/chatWithText"
+SESSION_PATH = "/api/auth/session"
+SESSION_COOKIE = "__Secure-next-auth.session-token"
+SESSION_DAYS = 30
 DEFAULT_CHUNK_DELAY = 0.02
 DEFAULT_CHUNK_SIZE = 16
 
@@ -112,6 +171,7 @@ _DIRECTIVE_RE = re.compile(r"\[\[emu\b([^\]]*)\]\]")
 _REPLY_RE = re.compile(r"<<<EMU_REPLY(?:@(\d+))?\r?\n(.*?)(?:\r?\n)?EMU_REPLY>>>", re.DOTALL)
 _TOOL_RESULT_END = "</tool_result>"
 _EOLS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 Outcome = Literal["completed", "cut", "gone"]
 
@@ -150,6 +210,11 @@ class Options:
     body_delay: float = 0.0
     cut: int | None = None
     cut_mode: str = "fin"
+    poison: bool = False
+    waf: bool = False
+    rotate: str | None = None
+    session: str = "auto"
+    set_cookie_b64: str | None = None
 
 
 def _to_int(lo: int, hi: int) -> Callable[[str], int]:
@@ -192,6 +257,34 @@ def _to_b64(text: str) -> str:
     return text
 
 
+def _to_flag(text: str) -> bool:
+    """A boolean that may stand alone: `[[emu poison]]` parses as `poison=` (true)."""
+    return True if text == "" else _to_bool(text)
+
+
+def _to_account(text: str) -> str:
+    if not _ACCOUNT_RE.fullmatch(text):
+        raise ValueError(f"account name {text!r} must match {_ACCOUNT_RE.pattern}")
+    return text
+
+
+def _to_set_cookie_b64(text: str) -> str:
+    lines = set_cookie_lines(text)
+    for line in lines:
+        if "\r" in line:
+            raise ValueError("a Set-Cookie value may not hold CR")
+        line.encode("latin-1")  # UnicodeEncodeError is a ValueError
+    return text
+
+
+def set_cookie_lines(b64: str | None) -> list[str]:
+    """The Set-Cookie header values carried by a `set_cookie_b64` option (one per non-empty line)."""
+    if not b64:
+        return []
+    text = base64.b64decode(b64, validate=True).decode("utf-8")
+    return [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+
+
 _OPTION_PARSERS: dict[str, Callable[[str], object]] = {
     "status": _to_int(200, 599),
     "retry_after": _to_int(0, 86_400),
@@ -209,6 +302,11 @@ _OPTION_PARSERS: dict[str, Callable[[str], object]] = {
     "body_delay": _to_seconds,
     "cut": _to_int(0, 1 << 40),
     "cut_mode": _to_choice("fin", "rst"),
+    "poison": _to_flag,
+    "waf": _to_bool,
+    "rotate": _to_account,
+    "session": _to_choice("auto", "alive", "empty", "error"),
+    "set_cookie_b64": _to_set_cookie_b64,
 }
 
 
@@ -232,6 +330,25 @@ def cookie_options(cookie: str) -> dict[str, str]:
         if sep and name.startswith("emu_") and len(name) > 4:
             options[name[4:]] = value.strip().strip('"')
     return options
+
+
+def session_token(cookie: str) -> str | None:
+    """The value of the NextAuth session cookie in a Cookie header, or None without one."""
+    for pair in cookie.split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep and name == SESSION_COOKIE:
+            return value.strip()
+    return None
+
+
+def is_poisoned(prompt: str) -> bool:
+    """True when any `[[emu ...]]` directive of the prompt (not only the last) says `poison`."""
+    for directive in _DIRECTIVE_RE.findall(prompt):
+        for pair in directive.split():
+            key, _, value = pair.partition("=")
+            if key == "poison" and value.lower() in ("", "1", "true", "yes", "on"):
+                return True
+    return False
 
 
 def parse_options(raw: dict[str, str], chunk_size: int, delay: float) -> Options:
@@ -365,6 +482,88 @@ window._cf_chl_opt.cOgUQuery + window._cf_chl_opt.cOgUHash;}}\
 document.getElementsByTagName('head')[0].appendChild(cpo);}}());</script></body></html>""".encode()
 
 
+def _waf_page(ray: str) -> bytes:
+    """Cloudflare's WAF block page (error 1020 style): a 403 that is no challenge, so no `cf-chl`,
+    `_cf_chl_opt`, `challenge-platform` or "Just a moment" anywhere in it."""
+    return f"""<!DOCTYPE html>
+<!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->
+<!--[if gt IE 8]><!--> <html class="no-js" lang="en-US"> <!--<![endif]-->
+<head>
+<title>Attention Required! | Cloudflare</title>
+<meta charset="UTF-8" />
+<meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+<meta http-equiv="X-UA-Compatible" content="IE=Edge" />
+<meta name="robots" content="noindex, nofollow" />
+<meta name="viewport" content="width=device-width,initial-scale=1" />
+<link rel="stylesheet" id="cf_styles-css" href="/cdn-cgi/styles/cf.errors.css" />
+<script>
+  if (!navigator.cookieEnabled) {{
+    window.addEventListener('DOMContentLoaded', function () {{
+      var cookieEl = document.getElementById('cookie-alert');
+      cookieEl.style.display = 'block';
+    }})
+  }}
+</script>
+</head>
+<body>
+  <div id="cf-wrapper">
+    <div class="cf-alert cf-alert-error cf-cookie-error" id="cookie-alert" data-translate="enable_cookies">\
+Please enable cookies.</div>
+    <div id="cf-error-details" class="cf-error-details-wrapper">
+      <div class="cf-wrapper cf-header cf-error-overview">
+        <h1 data-translate="block_headline">Sorry, you have been blocked</h1>
+        <h2 class="cf-subheadline"><span data-translate="unable_to_access">You are unable to access</span> \
+gptomni.ai</h2>
+      </div>
+      <div class="cf-section cf-wrapper">
+        <div class="cf-columns two">
+          <div class="cf-column">
+            <h2 data-translate="blocked_why_headline">Why have I been blocked?</h2>
+            <p data-translate="blocked_why_detail">This website is using a security service to protect \
+itself from online attacks. The action you just performed triggered the security solution. There are several \
+actions that could trigger this block including submitting a certain word or phrase, a SQL command or \
+malformed data.</p>
+          </div>
+          <div class="cf-column">
+            <h2 data-translate="blocked_resolve_headline">What can I do to resolve this?</h2>
+            <p data-translate="blocked_resolve_detail">You can email the site owner to let them know you \
+were blocked. Please include what you were doing when this page came up and the Cloudflare Ray ID \
+found at the bottom of this page.</p>
+          </div>
+        </div>
+      </div>
+      <div class="cf-error-footer cf-wrapper w-240 lg:w-full py-10 sm:py-4 sm:px-8 mx-auto text-center">
+        <p class="text-13">
+          <span class="cf-footer-item sm:block sm:mb-1">Cloudflare Ray ID: <strong class="font-semibold">\
+{ray}</strong></span>
+          <span class="cf-footer-separator sm:hidden">&bull;</span>
+          <span class="cf-footer-item sm:block sm:mb-1"><span>Performance &amp; security by</span> \
+<a rel="noopener noreferrer" href="https://www.cloudflare.com/5xx-error-landing" id="brand_link" \
+target="_blank">Cloudflare</a></span>
+        </p>
+      </div>
+    </div>
+  </div>
+</body>
+</html>
+""".encode()
+
+
+def _http_date(when: float) -> str:
+    return email.utils.formatdate(when, usegmt=True)
+
+
+def _iso_date(when: float) -> str:
+    stamp = datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def rotation_set_cookie(token: str, now: float) -> str:
+    """The Set-Cookie value that hands a rotating account its next session token."""
+    expires = _http_date(now + SESSION_DAYS * 86_400)
+    return f"{SESSION_COOKIE}={token}; Path=/; Expires={expires}; HttpOnly; Secure; SameSite=Lax"
+
+
 # --- stats -------------------------------------------------------------------------------------
 
 
@@ -377,6 +576,8 @@ class Stats:
     def reset(self) -> None:
         self.requests = 0
         self.by_cookie: dict[str, int] = {}
+        self.by_account: dict[str, int] = {}
+        self.by_user_agent: dict[str, int] = {}
         self.request_times: dict[str, deque[float]] = {}
         self.last_requests: deque[dict[str, Any]] = deque(maxlen=_LAST_REQUESTS)
         self.max_in_flight = self.in_flight
@@ -385,8 +586,37 @@ class Stats:
         self.disconnects = 0
         self.disconnect_times: deque[float] = deque(maxlen=_MAX_DISCONNECT_TIMES)
         self.connections_total = 0
+        self.session_checks = 0
+        self.session_checks_by_cookie: dict[str, int] = {}
+        self.rotations = 0
+        self.rejected_sessions = 0
 
-    def record(self, request: Request, cookie: str, prompt: str | None, conn_id: int) -> None:
+    def _entry(
+        self, request: Request, cookie: str, prompt: str | None, conn_id: int, now: float
+    ) -> dict[str, Any]:
+        user_agent = request.headers.get("user-agent")
+        if user_agent is not None:
+            self.by_user_agent[user_agent] = self.by_user_agent.get(user_agent, 0) + 1
+        entry: dict[str, Any] = {
+            "time": now,
+            "method": request.method,
+            "path": request.path,
+            "headers": request.headers,
+            "cookie": cookie,
+            "user_agent": user_agent,
+            "prompt": prompt,
+            "raw_body": request.body[: _RAW_BODY_CHARS * 4].decode("utf-8", "replace")[:_RAW_BODY_CHARS],
+            "conn": conn_id,
+            "tool_results": None if prompt is None else tool_result_count(prompt),
+            "account": None,
+            "status": None,
+        }
+        self.last_requests.append(entry)
+        return entry
+
+    def record(self, request: Request, cookie: str, prompt: str | None, conn_id: int) -> dict[str, Any]:
+        """Count one chat request; the entry returned is the one in last_requests (status is filled
+        in once the answer is chosen)."""
         now = time.monotonic()
         self.requests += 1
         self.by_cookie[cookie] = self.by_cookie.get(cookie, 0) + 1
@@ -394,19 +624,16 @@ class Stats:
         if times is None:
             times = self.request_times[cookie] = deque(maxlen=_TIMES_PER_COOKIE)
         times.append(now)
-        self.last_requests.append(
-            {
-                "time": now,
-                "method": request.method,
-                "path": request.path,
-                "headers": request.headers,
-                "cookie": cookie,
-                "prompt": prompt,
-                "raw_body": request.body[: _RAW_BODY_CHARS * 4].decode("utf-8", "replace")[:_RAW_BODY_CHARS],
-                "conn": conn_id,
-                "tool_results": None if prompt is None else tool_result_count(prompt),
-            }
-        )
+        return self._entry(request, cookie, prompt, conn_id, now)
+
+    def record_session_check(self, request: Request, cookie: str, conn_id: int) -> dict[str, Any]:
+        """Count one `GET /api/auth/session`: not in requests/by_cookie, which count chat calls only."""
+        self.session_checks += 1
+        self.session_checks_by_cookie[cookie] = self.session_checks_by_cookie.get(cookie, 0) + 1
+        return self._entry(request, cookie, None, conn_id, time.monotonic())
+
+    def count_account(self, account: str) -> None:
+        self.by_account[account] = self.by_account.get(account, 0) + 1
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -423,7 +650,70 @@ class Stats:
             "cuts": self.cuts,
             "connections": self.connections,
             "connections_total": self.connections_total,
+            "by_account": self.by_account,
+            "by_user_agent": self.by_user_agent,
+            "session_checks": self.session_checks,
+            "session_checks_by_cookie": self.session_checks_by_cookie,
+            "rotations": self.rotations,
+            "rejected_sessions": self.rejected_sessions,
         }
+
+
+@dataclasses.dataclass(slots=True)
+class Account:
+    """A rotating account's NextAuth session: the current token, and the one before it, which is
+    good for one more use."""
+
+    current: str
+    previous: str | None = None
+    rotations: int = 0
+    grace_uses: int = 0
+    rejected: int = 0
+    session_checks: int = 0
+
+
+class Sessions:
+    """Session tokens of the accounts that opted in to rotation (`emu_rotate=<name>`), by name."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.accounts: dict[str, Account] = {}
+
+    def check(self, name: str, token: str | None) -> bool:
+        """Whether `token` is a live session of account `name`; spends the previous token's grace use.
+
+        The first token ever seen for a name is accepted and becomes its current token.
+        """
+        account = self.accounts.get(name)
+        if token:
+            if account is None:
+                self.accounts[name] = Account(current=token)
+                return True
+            if token == account.current:
+                return True
+            if token == account.previous:
+                account.previous = None
+                account.grace_uses += 1
+                return True
+        if account is not None:
+            account.rejected += 1
+        self.stats.rejected_sessions += 1
+        return False
+
+    def rotate(self, name: str) -> str:
+        """Issue the account's next token; returns the Set-Cookie value that carries it."""
+        token = f"emu.{secrets.token_hex(16)}"
+        account = self.accounts.get(name)
+        if account is None:  # a reset between the check and the answer
+            account = self.accounts[name] = Account(current=token)
+        else:
+            account.previous, account.current = account.current, token
+        account.rotations += 1
+        self.stats.rotations += 1
+        return rotation_set_cookie(token, time.time())
+
+    def as_json(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(account) for name, account in self.accounts.items()}
 
 
 class _Ticket:
@@ -644,8 +934,10 @@ def _full_response(
     return _head(status, headers, keep_alive) + body
 
 
-def _json_response(status: int, obj: object, keep_alive: bool) -> bytes:
-    return _full_response(status, _json_bytes(obj), "application/json", keep_alive)
+def _json_response(
+    status: int, obj: object, keep_alive: bool, extra: Sequence[tuple[str, str]] = ()
+) -> bytes:
+    return _full_response(status, _json_bytes(obj), "application/json", keep_alive, extra)
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -662,6 +954,7 @@ class Emulator:
         self.chunk_delay = chunk_delay
         self.chunk_size = chunk_size
         self.stats = Stats()
+        self.sessions = Sessions(self.stats)
         self.faults: dict[str, dict[str, str]] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -739,12 +1032,16 @@ class Emulator:
         if request.path == CHAT_PATH and request.method == "POST":
             return await self._chat(conn, request)
         route = (request.method, request.path)
-        if route == ("GET", "/_emu/health"):
+        if route == ("GET", SESSION_PATH):
+            await self._session(conn, request)
+        elif route == ("GET", "/_emu/health"):
             await conn.send(_json_response(200, {"ok": True}, request.keep_alive))
         elif route == ("GET", "/_emu/stats"):
-            await conn.send(_json_response(200, self.stats.as_json(), request.keep_alive))
+            stats = self.stats.as_json() | {"sessions": self.sessions.as_json()}
+            await conn.send(_json_response(200, stats, request.keep_alive))
         elif route == ("POST", "/_emu/reset"):
             self.stats.reset()
+            self.sessions.accounts.clear()
             self.faults.clear()
             await conn.send(_json_response(200, {"ok": True}, request.keep_alive))
         elif route == ("POST", "/_emu/faults"):
@@ -776,10 +1073,11 @@ class Emulator:
             payload = None
         if isinstance(payload, dict) and isinstance(payload.get("prompt"), str):
             prompt = payload["prompt"]
-        self.stats.record(request, cookie, prompt, conn.id)
+        entry = self.stats.record(request, cookie, prompt, conn.id)
         ticket = _Ticket(self.stats)
         try:
-            await self._watched(conn, self._answer(conn, ticket, request, cookie.strip(), prompt))
+            answer = self._answer(conn, ticket, request, cookie.strip(), prompt, entry)
+            await self._watched(conn, answer)
         finally:
             ticket.settle("gone")
         return ticket.outcome == "completed" and request.keep_alive
@@ -804,38 +1102,121 @@ class Emulator:
         if exc is not None and not isinstance(exc, (_PeerGone, ConnectionError, OSError)):
             raise exc
 
+    def _options(self, raw: dict[str, str], cookie: str) -> Options:
+        """Typed options: `raw` (prompt and cookie options), then the faults whose match is in the cookie."""
+        for match, fault in self.faults.items():
+            if match in cookie:
+                raw |= fault
+        return parse_options(raw, self.chunk_size, self.chunk_delay)
+
     async def _answer(
-        self, conn: _Connection, ticket: _Ticket, request: Request, cookie: str, prompt: str | None
+        self,
+        conn: _Connection,
+        ticket: _Ticket,
+        request: Request,
+        cookie: str,
+        prompt: str | None,
+        entry: dict[str, Any],
     ) -> None:
         keep_alive = request.keep_alive
+
+        async def send(status: int, data: bytes) -> None:
+            entry["status"] = status
+            await conn.send_last(data, ticket)
+
         if not cookie:
-            await conn.send_last(_json_response(401, {"error": "Unauthorized"}, keep_alive), ticket)
+            await send(401, _json_response(401, {"error": "Unauthorized"}, keep_alive))
             return
         if prompt is None:
-            await conn.send_last(_json_response(400, {"error": "bad request"}, keep_alive), ticket)
+            await send(400, _json_response(400, {"error": "bad request"}, keep_alive))
             return
         try:
-            raw = prompt_options(prompt) | cookie_options(cookie)
-            for match, fault in self.faults.items():
-                if match in cookie:
-                    raw |= fault
-            options = parse_options(raw, self.chunk_size, self.chunk_delay)
+            options = self._options(prompt_options(prompt) | cookie_options(cookie), cookie)
             reply = reply_text(prompt, options)
         except ValueError as exc:
             body = {"error": "bad emu option", "detail": str(exc)}
-            await conn.send_last(_json_response(400, body, keep_alive), ticket)
+            await send(400, _json_response(400, body, keep_alive))
             return
+        extra = [("Set-Cookie", line) for line in set_cookie_lines(options.set_cookie_b64)]
+        signed_in = options.session != "empty"
+        if options.rotate is not None:
+            entry["account"] = options.rotate
+            self.stats.count_account(options.rotate)
+            # Checked on arrival, like the site's auth middleware; the new token comes with the answer.
+            signed_in = self.sessions.check(options.rotate, session_token(cookie)) and signed_in
         if options.first_byte_delay:
             await asyncio.sleep(options.first_byte_delay)
-        if options.cf:
+        if not signed_in:
+            await send(401, _json_response(401, {"error": "Unauthorized"}, keep_alive, extra))
+        elif options.poison or is_poisoned(prompt):
+            await send(500, _full_response(500, _error_page(500), "text/html", keep_alive, extra))
+        elif options.waf:
+            await send(403, self._waf_response(keep_alive, extra))
+        elif options.cf:
             cf_status = options.status if options.status != 200 else 403
-            await conn.send_last(self._cf_response(cf_status, keep_alive), ticket)
+            await send(cf_status, self._cf_response(cf_status, keep_alive, extra))
         elif options.status != 200:
-            await conn.send_last(_status_response(options, keep_alive), ticket)
+            await send(options.status, _status_response(options, keep_alive, extra))
         else:
-            await self._stream(conn, ticket, options, reply, keep_alive)
+            if options.rotate is not None:
+                extra.append(("Set-Cookie", self.sessions.rotate(options.rotate)))
+            entry["status"] = 200
+            await self._stream(conn, ticket, options, reply, keep_alive, extra)
 
-    def _cf_response(self, status: int, keep_alive: bool) -> bytes:
+    async def _session(self, conn: _Connection, request: Request) -> None:
+        """`GET /api/auth/session`: NextAuth's view of the session; `{}` when signed out."""
+        keep_alive = request.keep_alive
+        cookie = request.headers.get("cookie", "").strip()
+        entry = self.stats.record_session_check(request, cookie, conn.id)
+        try:
+            options = self._options(cookie_options(cookie), cookie)
+        except ValueError as exc:
+            entry["status"] = 400
+            body = {"error": "bad emu option", "detail": str(exc)}
+            await conn.send(_json_response(400, body, keep_alive))
+            return
+        extra = [("Set-Cookie", line) for line in set_cookie_lines(options.set_cookie_b64)]
+        if options.session == "error":
+            entry["status"] = 500
+            await conn.send(_full_response(500, _error_page(500), "text/html", keep_alive, extra))
+            return
+        entry["status"] = 200
+        expired = options.session == "auto" and (options.status in (401, 403) or 300 <= options.status < 400)
+        alive = bool(cookie) and options.session != "empty" and not expired
+        name = "Emulator User"
+        if options.rotate is not None:
+            entry["account"] = name = options.rotate
+            account = self.sessions.accounts.get(options.rotate)
+            if account is not None:
+                account.session_checks += 1
+            alive = alive and self.sessions.check(options.rotate, session_token(cookie))
+            if alive:
+                extra.append(("Set-Cookie", self.sessions.rotate(options.rotate)))
+        if not alive:
+            await conn.send(_json_response(200, {}, keep_alive, extra))
+            return
+        digest = hashlib.sha256((options.rotate or cookie).encode()).hexdigest()[:12]
+        session: dict[str, Any] = {
+            "user": {"name": name, "email": f"{digest}@users.emulator.invalid", "image": None},
+            "expires": _iso_date(time.time() + SESSION_DAYS * 86_400),
+        }
+        await conn.send(_json_response(200, session, keep_alive, extra))
+
+    def _waf_response(self, keep_alive: bool, extra: Sequence[tuple[str, str]] = ()) -> bytes:
+        self._next_ray += 1
+        ray = f"{self._next_ray:016x}"
+        headers = [
+            ("Server", "cloudflare"),
+            ("cf-ray", f"{ray}-SJC"),
+            ("Cache-Control", "private, max-age=0, no-store, no-cache, must-revalidate, post-check=0"),
+            ("Expires", "Thu, 01 Jan 1970 00:00:01 GMT"),
+            ("Referrer-Policy", "same-origin"),
+            ("X-Frame-Options", "SAMEORIGIN"),
+            *extra,
+        ]
+        return _full_response(403, _waf_page(ray), "text/html; charset=UTF-8", keep_alive, headers)
+
+    def _cf_response(self, status: int, keep_alive: bool, extra: Sequence[tuple[str, str]] = ()) -> bytes:
         self._next_ray += 1
         ray = f"{self._next_ray:016x}"
         headers = [
@@ -846,11 +1227,18 @@ class Emulator:
             ("Cross-Origin-Embedder-Policy", "require-corp"),
             ("Permissions-Policy", "accelerometer=(),camera=(),geolocation=(),microphone=(),usb=()"),
             ("X-Frame-Options", "SAMEORIGIN"),
+            *extra,
         ]
         return _full_response(status, _cf_page(ray), "text/html; charset=UTF-8", keep_alive, headers)
 
     async def _stream(
-        self, conn: _Connection, ticket: _Ticket, options: Options, reply: str, keep_alive: bool
+        self,
+        conn: _Connection,
+        ticket: _Ticket,
+        options: Options,
+        reply: str,
+        keep_alive: bool,
+        extra: Sequence[tuple[str, str]] = (),
     ) -> None:
         content_type, pieces = body_pieces(reply, options)
         delay = options.delay
@@ -860,6 +1248,7 @@ class Emulator:
             ("Content-Type", content_type),
             ("Transfer-Encoding", "chunked"),
             ("Cache-Control", "no-cache"),
+            *extra,
         ]
         await conn.send(_head(200, headers, keep_alive))
         if options.body_delay:
@@ -883,19 +1272,19 @@ class Emulator:
         await conn.send_last(b"0\r\n\r\n", ticket)
 
 
-def _status_response(options: Options, keep_alive: bool) -> bytes:
+def _status_response(options: Options, keep_alive: bool, extra: Sequence[tuple[str, str]] = ()) -> bytes:
     status = options.status
     if status >= 500:
-        return _full_response(status, _error_page(status), "text/html", keep_alive)
+        return _full_response(status, _error_page(status), "text/html", keep_alive, extra)
     if status == 401:
-        return _json_response(status, {"error": "Unauthorized"}, keep_alive)
+        return _json_response(status, {"error": "Unauthorized"}, keep_alive, extra)
     if status == 403:
-        return _json_response(status, {"message": "Forbidden"}, keep_alive)
+        return _json_response(status, {"message": "Forbidden"}, keep_alive, extra)
     if status == 429:
         body = _json_bytes({"error": "Too Many Requests"})
-        extra = [("Retry-After", str(options.retry_after))]
-        return _full_response(status, body, "application/json", keep_alive, extra)
-    return _json_response(status, {"error": _reason(status)}, keep_alive)
+        headers = [("Retry-After", str(options.retry_after)), *extra]
+        return _full_response(status, body, "application/json", keep_alive, headers)
+    return _json_response(status, {"error": _reason(status)}, keep_alive, extra)
 
 
 # --- entry points ------------------------------------------------------------------------------
