@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.upstream.proxy import validate_proxy
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message says which and how to fix it."""
@@ -178,6 +180,21 @@ class Settings(BaseSettings):
     failure_cooldown: float = Field(
         default=30.0, ge=0, description="Seconds a credential rests after `FAILURE_THRESHOLD` failures."
     )
+    max_ejected_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Most credentials (percent; at least one) resting for failure counts at once.",
+    )
+    session_check_interval: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds between checks of each session at the site (0: off); an ended one is invalid.",
+    )
+    upstream_proxy: SecretStr | None = Field(
+        default=None,
+        description="Proxy for all upstream traffic (http, https or socks5 URL, may hold user:password).",
+    )
     probe_interval: float = Field(
         default=0.0,
         ge=0,
@@ -233,6 +250,20 @@ class Settings(BaseSettings):
         description="On SIGTERM, seconds `python main.py` lets requests in flight (streams) finish.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    @field_validator("upstream_proxy", mode="before")
+    @classmethod
+    def _proxy(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise ConfigError("UPSTREAM_PROXY must be a proxy URL")
+        try:
+            return validate_proxy(value.strip())
+        except ValueError as exc:
+            raise ConfigError(f"UPSTREAM_PROXY: {exc}") from None
 
     @field_validator("api_master_key", "admin_key", mode="before")
     @classmethod

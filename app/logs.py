@@ -19,6 +19,12 @@ def register_secret(secret: str | None) -> None:
         _secrets.add(secret)
 
 
+def unregister_secret(secret: str | None) -> None:
+    """A secret that no longer is one (a session value the site has replaced)."""
+    if secret:
+        _secrets.discard(secret)
+
+
 def redact(text: str) -> str:
     # Longest first, so a cookie is not half-replaced by a shorter secret inside it.
     for secret in sorted(_secrets, key=len, reverse=True):

@@ -14,7 +14,7 @@ from app.api import admin_routes, health_routes, metrics_routes
 from app.config import ConfigError, Settings, load_settings
 from app.core.service import ChatService
 from app.credentials.keeper import PoolKeeper
-from app.credentials.pool import CredentialPool, PoolPolicy
+from app.credentials.pool import Credential, CredentialPool, PoolPolicy
 from app.credentials.store import CredentialStore, StoreError
 from app.http.errors import install_error_handlers
 from app.logs import configure_logging, register_secret
@@ -25,6 +25,7 @@ from app.surfaces.completions import routes as completions_routes
 from app.surfaces.openai_chat import routes as openai_chat_routes
 from app.surfaces.openai_responses import routes as responses_routes
 from app.upstream.gptomni import GptomniClient
+from app.upstream.proxy import proxy_secret
 from app.upstream.transport import Timeouts, build_transport
 
 log = logging.getLogger("gptomni2api")
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         register_secret(settings.api_master_key.get_secret_value())
     if settings.admin_key is not None:
         register_secret(settings.admin_key.get_secret_value())
+    if settings.upstream_proxy is not None:
+        register_secret(proxy_secret(settings.upstream_proxy.get_secret_value()))
     for cookie in settings.gptomni_credentials:
         register_secret(cookie)
     pool = CredentialPool(policy=pool_policy(settings))
@@ -50,6 +53,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     except OSError as exc:
         raise ConfigError(f"CREDENTIALS_FILE {settings.credentials_file}: {exc.strerror}") from None
     metrics = Metrics(multiproc_dir())
+
+    def on_panic(credential: Credential) -> None:
+        metrics.pool_panics.inc()
+        log.warning(
+            "panic mode: no credential is active, so credential %s serves a request while resting "
+            "for failures",
+            credential.id,
+        )
+
+    pool.on_panic = on_panic
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tasks.append(asyncio.create_task(keeper.run()))
         if settings.probe_interval > 0:
             tasks.append(asyncio.create_task(probe_forever(service, settings.probe_interval)))
+        if settings.session_check_interval > 0:
+            tasks.append(
+                asyncio.create_task(check_sessions_forever(service, settings.session_check_interval))
+            )
         if settings.auth_disabled:
             log.warning("AUTH_DISABLED=true: the API answers anyone who can reach it")
         if len(pool) == 0:
@@ -122,7 +139,19 @@ def pool_policy(settings: Settings) -> PoolPolicy:
         failure_cooldown=settings.failure_cooldown,
         max_in_flight=settings.max_streams_per_credential,
         rate=settings.rate_limit,
+        max_ejected_percent=settings.max_ejected_percent,
     )
+
+
+async def check_sessions_forever(service: ChatService, interval: float) -> None:
+    """Ask the site about each session now and then: an ended one is marked invalid before a user's
+    request finds out, a live one is renewed."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.check_sessions()
+        except Exception:  # a check must never take the loop down; the next round tries again
+            log.exception("session check round failed")
 
 
 async def probe_forever(service: ChatService, interval: float) -> None:

@@ -1,10 +1,11 @@
-"""The `/admin` API: list, add, remove, probe and reset credentials. Off (404) without ADMIN_KEY;
-with it, only that key opens it (the client key does not). Never shows a cookie, only its id and a
-masked preview."""
+"""The `/admin` API: list, add, change, remove, probe and reset credentials. Off (404) without
+ADMIN_KEY; with it, only that key opens it (the client key does not). Never shows a cookie, only its
+id and a masked preview, nor a proxy's password."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -15,6 +16,8 @@ from app.core.errors import GatewayError, invalid_request
 from app.credentials.pool import Credential, CredentialPool
 from app.http.body import read_body
 from app.http.deps import AdminKey, ChatServiceDep
+from app.upstream.gptomni import validate_user_agent
+from app.upstream.proxy import mask_proxy, validate_proxy
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 
@@ -35,6 +38,11 @@ def credential_view(pool: CredentialPool, credential: Credential) -> dict[str, A
         "preview": credential.preview,
         "state": credential.state.value,
         "cooling_until": _iso(until),
+        "rest_reason": credential.rest_reason.value if credential.rest_reason is not None else None,
+        "proxy": mask_proxy(credential.proxy) if credential.proxy else None,
+        "user_agent": credential.user_agent,
+        "session_renewed_at": _iso(credential.session_renewed_at),
+        "session_expires_at": _iso(credential.session_expires_at),
         "successes": credential.successes,
         "failures": dict(credential.failures),
         "last_error": credential.last_error,
@@ -76,32 +84,104 @@ async def list_credentials(pool: PoolDep) -> Response:
     )
 
 
-def parse_cookies(body: bytes) -> list[str]:
-    """`{"cookie": "..."}` or `{"cookies": ["...", ...]}`."""
+@dataclass(frozen=True)
+class NewCredential:
+    cookie: str
+    proxy: str | None = None
+    user_agent: str | None = None
+
+
+def _load_object(body: bytes, usage: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise invalid_request("The body must be JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise invalid_request('Send {"cookie": "..."} or {"cookies": ["...", ...]}.')
-    cookies = data.get("cookies", [data["cookie"]] if "cookie" in data else None)
-    if not isinstance(cookies, list) or not cookies:
-        raise invalid_request('Send {"cookie": "..."} or {"cookies": ["...", ...]}.', param="cookies")
-    for index, cookie in enumerate(cookies):
+        raise invalid_request(usage)
+    return data
+
+
+def egress_field(data: dict[str, Any], key: str, param: str) -> str | None:
+    """A `proxy` or `user_agent` value: a string (validated), or None for null, empty or absent."""
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise invalid_request(f"'{key}' must be a string or null.", param=param)
+    value = value.strip()
+    if key == "proxy":
+        try:
+            return validate_proxy(value)
+        except ValueError as exc:
+            raise invalid_request(f"Invalid proxy: {exc}", param=param) from None
+    try:
+        return validate_user_agent(value)
+    except ValueError as exc:
+        raise invalid_request(f"Invalid User-Agent: {exc}", param=param) from None
+
+
+ADD_USAGE = (
+    'Send {"cookie": "...", "proxy"?: "...", "user_agent"?: "..."} or {"cookies": ["...", ...]} '
+    "(each item a cookie string or such an object)."
+)
+
+
+def parse_new_credentials(body: bytes) -> list[NewCredential]:
+    """`{"cookie", "proxy"?, "user_agent"?}` or `{"cookies": [...]}`, each a string or such an object."""
+    data = _load_object(body, ADD_USAGE)
+    if "cookies" in data:
+        items, prefix = data["cookies"], "cookies"
+    elif "cookie" in data:
+        items, prefix = [data], None
+    else:
+        raise invalid_request(ADD_USAGE, param="cookies")
+    if not isinstance(items, list) or not items:
+        raise invalid_request(ADD_USAGE, param="cookies")
+    parsed: list[NewCredential] = []
+    for index, item in enumerate(items):
+        where = f"{prefix}[{index}]" if prefix else "cookie"
+        fields: dict[str, Any] = {"cookie": item} if isinstance(item, str) else item
+        if not isinstance(fields, dict):
+            raise invalid_request("Each cookie must be a non-empty string.", param=where)
+        cookie = fields.get("cookie")
         if not isinstance(cookie, str) or not cookie.strip():
-            raise invalid_request("Each cookie must be a non-empty string.", param=f"cookies[{index}]")
-    return [c.strip() for c in cookies]
+            param = f"{where}.cookie" if prefix and isinstance(item, dict) else where
+            raise invalid_request("Each cookie must be a non-empty string.", param=param)
+        dot = f"{where}." if prefix else ""
+        parsed.append(
+            NewCredential(
+                cookie.strip(),
+                egress_field(fields, "proxy", f"{dot}proxy"),
+                egress_field(fields, "user_agent", f"{dot}user_agent"),
+            )
+        )
+    return parsed
 
 
 @router.post("/credentials")
 async def add_credentials(request: Request, pool: PoolDep) -> Response:
-    cookies = parse_cookies(await read_body(request, ADMIN_BODY_LIMIT))
+    items = parse_new_credentials(await read_body(request, ADMIN_BODY_LIMIT))
     added: list[dict[str, Any]] = []
     existing: list[dict[str, Any]] = []
-    for cookie in cookies:
-        credential, new = pool.add(cookie)
+    for item in items:
+        credential, new = pool.add(item.cookie, proxy=item.proxy, user_agent=item.user_agent)
         (added if new else existing).append(credential_view(pool, credential))
     return _json({"added": added, "existing": existing}, status=201 if added else 200)
+
+
+@router.patch("/credentials/{credential_id}")
+async def change_credential(credential_id: str, request: Request, pool: PoolDep) -> Response:
+    """`{"proxy": "..." | null, "user_agent": "..." | null}`: a field left out stays as it is."""
+    credential = _found(pool, credential_id)
+    usage = 'Send {"proxy": "..." or null, "user_agent": "..." or null}.'
+    data = _load_object(await read_body(request, ADMIN_BODY_LIMIT), usage)
+    unknown = sorted(set(data) - {"proxy", "user_agent"})
+    if unknown or not data:
+        raise invalid_request(usage, param=unknown[0] if unknown else None)
+    proxy = egress_field(data, "proxy", "proxy") if "proxy" in data else credential.proxy
+    agent = egress_field(data, "user_agent", "user_agent") if "user_agent" in data else credential.user_agent
+    pool.configure(credential, proxy=proxy, user_agent=agent)
+    return _json(credential_view(pool, credential))
 
 
 @router.delete("/credentials/{credential_id}")

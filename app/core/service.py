@@ -31,7 +31,7 @@ from app.core.tools import (
     render_tools_instructions,
 )
 from app.core.usage import estimate_prompt_tokens, estimate_tokens, usage
-from app.credentials.pool import Credential, CredentialPool, CredentialState, PoolSaturated
+from app.credentials.pool import Credential, CredentialPool, CredentialState, PoolSaturated, poison_class
 from app.observability.context import note_credential, note_first_byte, note_model, note_upstream_outcome
 from app.upstream.failures import FailureKind, UpstreamFailure
 from app.upstream.gptomni import Answer, GptomniClient
@@ -92,8 +92,22 @@ class StreamPlan:
     close: Callable[[], Awaitable[None]]
 
 
-def failure_error(failure: UpstreamFailure, tried: int, retry_after: float | None = None) -> GatewayError:
+def failure_error(
+    failure: UpstreamFailure, tried: int, retry_after: float | None = None, *, poisoned: bool = False
+) -> GatewayError:
     """The HTTP error a client gets when the last credential tried failed this way."""
+    if poisoned:
+        hint = (
+            f" The same failure came from {tried} credentials: it follows this request, so fail-over "
+            "stopped and no credential was blamed beyond the first."
+        )
+        if failure.kind is FailureKind.AUTH:  # not the cookies: the upstream refuses this request
+            return GatewayError(
+                502, failure.message + "." + hint, type="upstream_error", code="upstream_rejected"
+            )
+        error = failure_error(failure, tried, retry_after)
+        error.message += hint
+        return error
     if failure.kind is FailureKind.AUTH:
         return GatewayError(
             503,
@@ -111,6 +125,14 @@ def failure_error(failure: UpstreamFailure, tried: int, retry_after: float | Non
             type="rate_limit_error",
             code="upstream_rate_limited",
             headers=headers,
+        )
+    if failure.kind is FailureKind.CLOUDFLARE_BLOCKED:
+        return GatewayError(
+            502,
+            f"{failure.message}. The upstream's Cloudflare firewall blocked the request, which is often "
+            "a rule matching its content; it says nothing about the cookie.",
+            type="upstream_error",
+            code="cloudflare_blocked",
         )
     if failure.kind is FailureKind.CLOUDFLARE:
         return GatewayError(
@@ -224,8 +246,13 @@ class ChatService:
         )
 
     async def _with_failover(self, attempt: Callable[[Credential], Awaitable[T]]) -> T:
-        """Run `attempt` on credentials in turn until one succeeds; fail with the last failure."""
+        """Run `attempt` on credentials in turn until one succeeds; fail with the last failure.
+
+        A failure that follows the request (`poison_class`: the same 5xx, cut-off, time-out, 401 or
+        non-challenge 403 as on a credential before) ends fail-over there, charged to no credential
+        but the first: one bad prompt must not put the whole pool to rest."""
         tried: set[str] = set()
+        seen: set[str] = set()
         last: UpstreamFailure | None = None
         for _ in range(self.settings.upstream_max_attempts):
             credential = await self._acquire(tried, last)
@@ -245,11 +272,28 @@ class ChatService:
                     headers={"Retry-After": "1"},
                 ) from None
             except UpstreamFailure as failure:
-                self.pool.record(credential, failure)
+                self.pool.renew(credential, failure.set_cookies)
                 note_upstream_outcome(failure.kind.value)
-                self.pool.release(credential)
-                log.warning("credential %s failed: %s", credential.id, failure.message)
                 last = failure
+                kind = poison_class(failure)
+                if kind is not None and kind in seen:
+                    self.pool.release(credential)
+                    log.warning(
+                        "credential %s failed as the one before it (%s): the failure follows the request, "
+                        "so it is not charged and fail-over stops",
+                        credential.id,
+                        failure.message,
+                    )
+                    raise failure_error(
+                        failure, len(tried), self.pool.next_recovery_in(), poisoned=True
+                    ) from None
+                try:
+                    await self._charge(credential, failure)
+                finally:
+                    self.pool.release(credential)
+                log.warning("credential %s failed: %s", credential.id, failure.message)
+                if kind is not None:
+                    seen.add(kind)
                 if failure.kind in NOT_RETRIED:
                     break
             except BaseException:
@@ -258,16 +302,71 @@ class ChatService:
         assert last is not None
         raise failure_error(last, len(tried), self.pool.next_recovery_in())
 
+    def egress(self, credential: Credential) -> dict[str, Any]:
+        """The proxy and User-Agent a credential's requests go out with."""
+        default = self.settings.upstream_proxy
+        proxy = credential.proxy or (default.get_secret_value() if default is not None else None)
+        return {"proxy": proxy, "user_agent": credential.user_agent}
+
+    async def _charge(self, credential: Credential, failure: UpstreamFailure) -> None:
+        """Record a failure against the credential. A rejection (401, 403, a redirect to sign-in)
+        condemns it only once the site's session endpoint confirms the session is gone."""
+        if failure.kind is FailureKind.AUTH:
+            failure = await self._confirmed(credential, failure)
+        self.pool.record(credential, failure)
+
+    async def _confirmed(self, credential: Credential, failure: UpstreamFailure) -> UpstreamFailure:
+        """`failure` when the session is gone; else the same failure counted like a 5xx."""
+        try:
+            session = await self.client.session(credential.cookie, **self.egress(credential))
+        except UpstreamFailure as check:
+            self.pool.renew(credential, check.set_cookies)
+            why = f"the session check failed too ({check.message})"
+        else:
+            self.pool.renew(credential, session.set_cookies)
+            if not session.alive:
+                return failure
+            why = "the session is alive"
+        return UpstreamFailure(
+            FailureKind.SERVER_ERROR,
+            f"{failure.detail}, but {why}: counted as a failure, not an expired cookie",
+            status=failure.status,
+        )
+
+    async def check_session(self, credential: Credential) -> bool | None:
+        """Ask the site whether the credential's session lives (renewing its cookie if it does):
+        False marks it invalid; None when the check got no answer (nothing changes)."""
+        try:
+            session = await self.client.session(credential.cookie, **self.egress(credential))
+        except UpstreamFailure as failure:
+            self.pool.renew(credential, failure.set_cookies)
+            log.info("session check of credential %s got no answer: %s", credential.id, failure.message)
+            return None
+        self.pool.renew(credential, session.set_cookies)
+        if not session.alive:
+            self.pool.record(
+                credential, UpstreamFailure(FailureKind.AUTH, "the session has ended (session check)")
+            )
+            log.warning("credential %s: its session has ended; it needs a fresh cookie", credential.id)
+        return session.alive
+
+    async def check_sessions(self) -> None:
+        for credential in self.pool.credentials:
+            if credential.state is not CredentialState.INVALID and self.pool.get(credential.id) is not None:
+                await self.check_session(credential)
+
     async def probe(self, credential: Credential) -> UpstreamFailure | None:
         """A tiny request on `credential`; its outcome decides its state (success: active)."""
         try:
-            answer = await self.client.open(PROBE_PROMPT, credential.cookie)
+            answer = await self.client.open(PROBE_PROMPT, credential.cookie, **self.egress(credential))
+            self.pool.renew(credential, answer.set_cookies)
             try:
                 await answer.next_text()
             finally:
                 with anyio.CancelScope(shield=True):
                     await answer.aclose()
         except UpstreamFailure as failure:
+            self.pool.renew(credential, failure.set_cookies)
             self.pool.record(credential, failure)
             return failure
         self.pool.record(credential, None)
@@ -283,7 +382,8 @@ class ChatService:
     # --- non-streaming ------------------------------------------------------------------------
     async def complete(self, prepared: Prepared) -> Completion:
         async def attempt(credential: Credential) -> tuple[CollectedAnswer, AnswerShaper]:
-            answer = await self.client.open(prepared.prompt, credential.cookie)
+            answer = await self.client.open(prepared.prompt, credential.cookie, **self.egress(credential))
+            self.pool.renew(credential, answer.set_cookies)
             shaper, collected = prepared.shaper(), CollectedAnswer()
             try:
                 while not shaper.done and (text := await answer.next_text()) is not None:
@@ -311,7 +411,8 @@ class ChatService:
         """An upstream answer that has given its first piece. Until then, failures fail over."""
 
         async def attempt(credential: Credential) -> Opened:
-            answer = await self.client.open(prepared.prompt, credential.cookie)
+            answer = await self.client.open(prepared.prompt, credential.cookie, **self.egress(credential))
+            self.pool.renew(credential, answer.set_cookies)
             try:
                 first_text = await answer.next_text()
                 note_first_byte()

@@ -16,12 +16,17 @@ from app.credentials.store import CredentialStore, StoreError, pool_data
 
 log = logging.getLogger("gptomni2api.credentials")
 
+# Session renewals come with traffic (the site may renew on every answer): saved together, within
+# this many seconds, instead of one write per answer. A stop saves what is left.
+RENEWAL_SAVE_DELAY = 1.0
+
 
 class PoolKeeper:
     def __init__(self, pool: CredentialPool, store: CredentialStore | None) -> None:
         self.pool = pool
         self.store = store
         self._save_scheduled = False
+        self._renewal_save: asyncio.TimerHandle | None = None
 
     def start(self, configured_cookies: list[str]) -> None:
         """Fill the pool from the file and the settings. Raises StoreError for a corrupt file."""
@@ -35,6 +40,7 @@ class PoolKeeper:
         if self.store is not None:
             self.store.save(pool_data(self.pool))
             self.pool.on_change = self.schedule_save
+            self.pool.on_renewal = self.schedule_renewal_save
 
     def schedule_save(self) -> None:
         """Coalesce a burst of changes (an admin call adding many cookies) into one write."""
@@ -48,8 +54,21 @@ class PoolKeeper:
         self._save_scheduled = True
         loop.call_soon(self.save)
 
+    def schedule_renewal_save(self) -> None:
+        if self._renewal_save is not None or self._save_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.save()
+            return
+        self._renewal_save = loop.call_later(RENEWAL_SAVE_DELAY, self.save)
+
     def save(self) -> None:
         self._save_scheduled = False
+        if self._renewal_save is not None:
+            self._renewal_save.cancel()
+            self._renewal_save = None
         if self.store is None:
             return
         try:

@@ -3,6 +3,16 @@
 States: `active`, `cooling` (until a time; comes back by itself), `invalid` (needs a new cookie).
 `transition_for` is the pure rule from an upstream outcome to a state change; the pool applies it.
 Time is injected (`clock`), so the state machine is tested without sleeping.
+
+No bad request can empty the pool (the rules are pure functions, below):
+- `poison_class`: a failure that follows the request (the same 5xx, cut-off, time-out, 401 or
+  non-challenge 403 on a second credential) stops fail-over and is charged to the first only.
+- `may_rest`: at most `max_ejected_percent` of the credentials rest because of failure counts at
+  once (at least one may); past that, failures are counted but nobody else is put to rest.
+- `failure_rest`: a credential that rests again within `MAX_REST` of its last rest rests longer,
+  `failure_cooldown` x its recent rests, capped at `MAX_REST`.
+- panic mode (`acquire`): when no credential is active and some rest only for failure counts, they
+  are used anyway rather than answering 503.
 """
 
 from __future__ import annotations
@@ -18,8 +28,12 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from app.logs import register_secret
+from app.credentials.jar import apply_set_cookies, secret_values
+from app.logs import register_secret, unregister_secret
 from app.upstream.failures import FailureKind, UpstreamFailure
+from app.upstream.proxy import proxy_secret
+
+MAX_REST = 600.0  # seconds: the longest rest for failure counts, and how long a rest stays "recent"
 
 
 class CredentialState(enum.StrEnum):
@@ -36,6 +50,13 @@ class PoolPolicy:
     failure_cooldown: float = 30.0
     max_in_flight: int = 0  # concurrent uses of one credential; 0: no cap
     rate: tuple[int, float] | None = None  # (requests, seconds) per credential, aiolimiter's leaky bucket
+    max_ejected_percent: int = 50  # of the credentials, resting for failure counts at once
+
+
+class RestReason(enum.StrEnum):
+    FAILURES = "failures"  # FAILURE_THRESHOLD failures in a row (5xx, time-out, cut off, ...)
+    CLOUDFLARE = "cloudflare"
+    RATE_LIMITED = "rate_limited"
 
 
 class PoolSaturated(Exception):
@@ -51,6 +72,12 @@ def credential_id(cookie: str) -> str:
     return hashlib.sha256(cookie.encode("utf-8")).hexdigest()[:10]
 
 
+def record_id(record: dict[str, Any]) -> str:
+    """A stored record's id: its own (it outlives the cookie it was made from), or the cookie's."""
+    id_ = record.get("id")
+    return id_ if isinstance(id_, str) and id_ else credential_id(str(record["cookie"]))
+
+
 def mask_secret(secret: str) -> str:
     if len(secret) <= 12:
         return "***"
@@ -59,10 +86,13 @@ def mask_secret(secret: str) -> str:
 
 @dataclass
 class Credential:
-    cookie: str = field(repr=False)
-    id: str = ""
+    cookie: str = field(repr=False)  # the Cookie header, kept up to date from Set-Cookie
+    id: str = ""  # from the cookie first added; stays when the session renews
     state: CredentialState = CredentialState.ACTIVE
     cooling_until: float | None = None
+    rest_reason: RestReason | None = None
+    recent_rests: int = 0  # rests for failure counts, each within MAX_REST of the one before
+    last_rest_end: float | None = None  # monotonic
     consecutive_failures: int = 0
     successes: int = 0
     failures: dict[str, int] = field(default_factory=dict)
@@ -71,6 +101,10 @@ class Credential:
     in_flight: int = 0
     changed_at: float = 0.0  # wall-clock time of the last state or membership change
     limiter: AsyncLimiter | None = field(default=None, repr=False)
+    proxy: str | None = field(default=None, repr=False)  # may hold a password
+    user_agent: str | None = None
+    session_renewed_at: float | None = None  # wall-clock
+    session_expires_at: float | None = None  # wall-clock, when the session cookie said
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -86,14 +120,17 @@ class Transition:
     state: CredentialState
     cooldown: float | None = None  # seconds, for COOLING
     count_failure: bool = True
+    reason: RestReason | None = field(default=None, compare=False)  # why it rests, for COOLING
 
 
 def transition_for(
-    failure: UpstreamFailure | None, consecutive_failures: int, policy: PoolPolicy
+    failure: UpstreamFailure | None, consecutive_failures: int, policy: PoolPolicy, recent_rests: int = 0
 ) -> Transition | None:
     """What an outcome does to a credential; None leaves it as it is.
 
-    `consecutive_failures` is the count before this outcome.
+    `consecutive_failures` is the count before this outcome; `recent_rests` the credential's rests
+    for failure counts so far that are recent (see `failure_rest`). An AUTH failure here is a
+    confirmed one: the service asks the session endpoint before it records one.
     """
     if failure is None:
         return Transition(CredentialState.ACTIVE, count_failure=False)
@@ -101,15 +138,44 @@ def transition_for(
     if kind is FailureKind.AUTH:
         return Transition(CredentialState.INVALID)
     if kind is FailureKind.CLOUDFLARE:
-        return Transition(CredentialState.COOLING, policy.cloudflare_cooldown)
+        return Transition(CredentialState.COOLING, policy.cloudflare_cooldown, reason=RestReason.CLOUDFLARE)
     if kind is FailureKind.RATE_LIMITED:
         cooldown = failure.retry_after if failure.retry_after is not None else policy.rate_limit_cooldown
-        return Transition(CredentialState.COOLING, cooldown)
+        return Transition(CredentialState.COOLING, cooldown, reason=RestReason.RATE_LIMITED)
     if kind is FailureKind.CLIENT_ERROR:
         return None  # our request was refused: not the credential's fault
     if consecutive_failures + 1 >= policy.failure_threshold:
-        return Transition(CredentialState.COOLING, policy.failure_cooldown)
+        cooldown = failure_rest(policy.failure_cooldown, recent_rests + 1)
+        return Transition(CredentialState.COOLING, cooldown, reason=RestReason.FAILURES)
     return Transition(CredentialState.ACTIVE)
+
+
+def failure_rest(failure_cooldown: float, rests: int) -> float:
+    """How long the `rests`-th recent rest for failure counts lasts: longer each time, up to MAX_REST."""
+    return min(MAX_REST, failure_cooldown * max(1, rests))
+
+
+def may_rest(resting_for_failures: int, total: int, max_percent: int) -> bool:
+    """Whether one more credential may be put to rest for failure counts: at most `max_percent` of
+    `total` rest so at once, and at least one may (as Envoy's outlier detection)."""
+    allowed = max(1, total * max_percent // 100)
+    return resting_for_failures < allowed
+
+
+def poison_class(failure: UpstreamFailure) -> str | None:
+    """How a failure that may follow the request (not the credential) is compared across credentials;
+    None for failures that say something about the credential or the moment (429, a Cloudflare
+    challenge, a connect failure, a refused request)."""
+    kind = failure.kind
+    if kind is FailureKind.SERVER_ERROR:
+        return "5xx"
+    if kind in (FailureKind.CUT_OFF, FailureKind.TIMEOUT):
+        return kind.value
+    if kind is FailureKind.CLOUDFLARE_BLOCKED or (kind is FailureKind.AUTH and failure.status == 403):
+        return "403"
+    if kind is FailureKind.AUTH and failure.status == 401:
+        return "401"
+    return None
 
 
 class CredentialPool:
@@ -133,6 +199,11 @@ class CredentialPool:
         self.removed: dict[str, float] = {}  # id -> wall-clock time of its removal (for the file)
         # Called after a membership or state change (not after counters): persistence hooks in here.
         self.on_change: Callable[[], None] | None = None
+        # Called after a session renewal: traffic churn, which persistence may batch.
+        self.on_renewal: Callable[[], None] | None = None
+        # Called when a request is served by a resting credential because none is active (panic mode).
+        self.on_panic: Callable[[Credential], None] | None = None
+        self.panics = 0
         for cookie in cookies:
             self.add(cookie)
 
@@ -143,22 +214,72 @@ class CredentialPool:
             self.on_change()
 
     # --- membership ---------------------------------------------------------------------------
-    def add(self, cookie: str) -> tuple[Credential, bool]:
-        """Add a cookie; returns the credential and whether it is new."""
+    def add(
+        self, cookie: str, *, proxy: str | None = None, user_agent: str | None = None
+    ) -> tuple[Credential, bool]:
+        """Add a cookie (a given proxy or User-Agent also updates an existing one); returns the
+        credential and whether it is new."""
         cookie = cookie.strip()
         if not cookie:
             raise ValueError("a credential must not be empty")
-        existing = self.get(credential_id(cookie))
+        existing = self.get(credential_id(cookie)) or next(
+            (c for c in self._credentials if c.cookie == cookie), None
+        )
         if existing is not None:
+            if proxy is not None or user_agent is not None:
+                self.configure(
+                    existing,
+                    proxy=proxy if proxy is not None else existing.proxy,
+                    user_agent=user_agent if user_agent is not None else existing.user_agent,
+                )
             return existing, False
-        credential = Credential(cookie=cookie, changed_at=self._wall_clock())
+        credential = Credential(
+            cookie=cookie, changed_at=self._wall_clock(), proxy=proxy or None, user_agent=user_agent or None
+        )
         self.removed.pop(credential.id, None)
         self._attach(credential)
         self._changed()
         return credential, True
 
+    def configure(self, credential: Credential, *, proxy: str | None, user_agent: str | None) -> bool:
+        """Set a credential's egress (None: the default); whether anything changed."""
+        if (credential.proxy, credential.user_agent) == (proxy, user_agent):
+            return False
+        credential.proxy, credential.user_agent = proxy, user_agent
+        register_secret(proxy_secret(proxy) if proxy else None)
+        self._changed(credential)
+        return True
+
+    def renew(self, credential: Credential, set_cookies: list[str]) -> bool:
+        """Take an answer's `Set-Cookie` values into the credential's jar; whether it changed.
+
+        The old values are dropped from log redaction once replaced (the site revoked them), so the
+        set of registered secrets does not grow with every renewal."""
+        if not set_cookies:
+            return False
+        now = self._wall_clock()
+        update = apply_set_cookies(credential.cookie, set_cookies, now)
+        if not update.changed:
+            return False
+        old = set(secret_values(credential.cookie))
+        credential.cookie = update.cookie
+        new = secret_values(update.cookie)
+        for value in new:
+            register_secret(value)
+        for value in old - set(new):
+            unregister_secret(value)
+        if update.session_changed:
+            credential.session_renewed_at = now
+            credential.session_expires_at = update.session_expires_at
+        credential.changed_at = now
+        if self.on_renewal is not None:
+            self.on_renewal()
+        return True
+
     def _attach(self, credential: Credential) -> None:
-        register_secret(credential.cookie)
+        for value in secret_values(credential.cookie):
+            register_secret(value)
+        register_secret(proxy_secret(credential.proxy) if credential.proxy else None)
         if self.policy.rate is not None and credential.limiter is None:
             credential.limiter = AsyncLimiter(*self.policy.rate)
         self._credentials.append(credential)
@@ -194,8 +315,11 @@ class CredentialPool:
                 and credential.cooling_until is not None
                 and credential.cooling_until <= now
             ):
+                if credential.rest_reason is RestReason.FAILURES:
+                    credential.last_rest_end = credential.cooling_until
                 credential.state = CredentialState.ACTIVE
                 credential.cooling_until = None
+                credential.rest_reason = None
                 credential.consecutive_failures = 0
 
     def _has_room(self, credential: Credential) -> bool:
@@ -211,12 +335,28 @@ class CredentialPool:
         await (see `acquire_wait`); it does not suspend, since `has_capacity` said yes.
         """
         self._refresh()
+        credential = self._pick(CredentialState.ACTIVE, exclude)
+        if credential is None and self._panicking():
+            credential = self._pick(CredentialState.COOLING, exclude, RestReason.FAILURES)
+            if credential is not None:
+                self.panics += 1
+                if self.on_panic is not None:
+                    self.on_panic(credential)
+        return credential
+
+    def _pick(
+        self,
+        state: CredentialState,
+        exclude: set[str] | frozenset[str],
+        reason: RestReason | None = None,
+    ) -> Credential | None:
         count = len(self._credentials)
         for step in range(count):
             index = (self._next + step) % count
             credential = self._credentials[index]
             if (
-                credential.state is CredentialState.ACTIVE
+                credential.state is state
+                and credential.rest_reason is reason
                 and credential.id not in exclude
                 and self._has_room(credential)
             ):
@@ -226,9 +366,24 @@ class CredentialPool:
                 return credential
         return None
 
+    def _panicking(self) -> bool:
+        """No credential is active, and some rest only for failure counts (5xx, time-outs): those
+        are used rather than nobody (never one that is invalid, rate limited or challenged)."""
+        return not any(c.state is CredentialState.ACTIVE for c in self._credentials) and any(
+            c.rest_reason is RestReason.FAILURES for c in self._credentials
+        )
+
+    def resting_for_failures(self) -> int:
+        return sum(1 for c in self._credentials if c.rest_reason is RestReason.FAILURES)
+
     def _blocked_by_limits(self, exclude: set[str] | frozenset[str]) -> bool:
         """Whether some usable credential is only held back by its rate limit or its cap."""
-        return any(c.state is CredentialState.ACTIVE and c.id not in exclude for c in self._credentials)
+        panicking = self._panicking()
+        return any(
+            (c.state is CredentialState.ACTIVE or (panicking and c.rest_reason is RestReason.FAILURES))
+            and c.id not in exclude
+            for c in self._credentials
+        )
 
     def _time_to_room(self) -> float:
         if self.policy.rate is None:
@@ -268,7 +423,23 @@ class CredentialPool:
 
     def record(self, credential: Credential, failure: UpstreamFailure | None) -> None:
         """The outcome of one use: None when it answered in full, else the failure."""
-        transition = transition_for(failure, credential.consecutive_failures, self.policy)
+        now = self._clock()
+        recent = (
+            credential.recent_rests
+            if credential.last_rest_end is not None and now - credential.last_rest_end < MAX_REST
+            else 0
+        )
+        transition = transition_for(failure, credential.consecutive_failures, self.policy, recent)
+        if (
+            transition is not None
+            and transition.reason is RestReason.FAILURES
+            and credential.rest_reason is not RestReason.FAILURES
+            and not may_rest(
+                self.resting_for_failures(), len(self._credentials), self.policy.max_ejected_percent
+            )
+        ):
+            # The cap: this credential's failures still count, but it keeps serving.
+            transition = Transition(CredentialState.ACTIVE)
         if failure is None:
             credential.successes += 1
             credential.consecutive_failures = 0
@@ -282,17 +453,29 @@ class CredentialPool:
         if self.get(credential.id) is None:
             return  # removed while in use: nothing to change
         before = (credential.state, credential.cooling_until)
+        if transition.state is CredentialState.COOLING and credential.state is CredentialState.COOLING:
+            # Already resting (a use in panic mode, or one that started before the rest): the rest
+            # that was set stands, unless this outcome asks for a longer one.
+            until = now + (transition.cooldown or 0.0)
+            if credential.cooling_until is not None and credential.cooling_until >= until:
+                return
         credential.state = transition.state
         if transition.state is CredentialState.COOLING:
-            credential.cooling_until = self._clock() + (transition.cooldown or 0.0)
+            credential.cooling_until = now + (transition.cooldown or 0.0)
+            if transition.reason is RestReason.FAILURES and credential.rest_reason is not RestReason.FAILURES:
+                credential.recent_rests = recent + 1
+            credential.rest_reason = transition.reason
         else:
             credential.cooling_until = None
+            credential.rest_reason = None
         if (credential.state, credential.cooling_until) != before:
             self._changed(credential)
 
     def reset(self, credential: Credential) -> None:
         credential.state = CredentialState.ACTIVE
         credential.cooling_until = None
+        credential.rest_reason = None
+        credential.recent_rests = 0
         credential.consecutive_failures = 0
         self._changed(credential)
 
@@ -307,11 +490,17 @@ class CredentialPool:
         self._refresh()
         return [
             {
+                "id": c.id,
                 "cookie": c.cookie,
                 "state": c.state.value,
                 "cooling_until": self.cooling_until_wall(c),
+                "rest_reason": c.rest_reason.value if c.rest_reason is not None else None,
                 "changed_at": c.changed_at,
                 "last_error": c.last_error,
+                "proxy": c.proxy,
+                "user_agent": c.user_agent,
+                "session_renewed_at": c.session_renewed_at,
+                "session_expires_at": c.session_expires_at,
             }
             for c in self._credentials
         ]
@@ -322,23 +511,46 @@ class CredentialPool:
         now_wall, now = self._wall_clock(), self._clock()
         for record in records:
             cookie = str(record["cookie"])
+            id_ = record_id(record)
             changed_at = float(record.get("changed_at") or 0.0)
-            credential = self.get(credential_id(cookie))
+            credential = self.get(id_)
             if credential is None:
-                id_ = credential_id(cookie)
                 # Our own removal counts too: a stale record must not bring back what we removed.
                 if max(removed.get(id_, -math.inf), self.removed.get(id_, -math.inf)) >= changed_at:
                     continue
-                credential = Credential(cookie=cookie, changed_at=changed_at)
+                credential = Credential(cookie=cookie, id=id_, changed_at=changed_at)
+                credential.proxy = record.get("proxy") or None
                 self._attach(credential)
             elif credential.changed_at >= changed_at:
                 continue
+            elif credential.cookie != cookie:  # renewed by another process
+                old = set(secret_values(credential.cookie))
+                credential.cookie = cookie
+                for value in secret_values(cookie):
+                    register_secret(value)
+                    old.discard(value)
+                for value in old:
+                    unregister_secret(value)
             credential.state = CredentialState(record.get("state", "active"))
             until = record.get("cooling_until")
             credential.cooling_until = now + (float(until) - now_wall) if until is not None else None
+            reason = record.get("rest_reason")
+            known = {r.value for r in RestReason}
+            credential.rest_reason = (
+                RestReason(reason) if isinstance(reason, str) and reason in known else None
+            )
             if credential.state is CredentialState.COOLING and credential.cooling_until is None:
                 credential.state = CredentialState.ACTIVE
+            if credential.state is not CredentialState.COOLING:
+                credential.rest_reason = None
+            elif credential.rest_reason is None:
+                credential.rest_reason = RestReason.FAILURES
             credential.last_error = record.get("last_error") or credential.last_error
+            credential.proxy = record.get("proxy") or None
+            register_secret(proxy_secret(credential.proxy) if credential.proxy else None)
+            credential.user_agent = record.get("user_agent") or None
+            credential.session_renewed_at = record.get("session_renewed_at")
+            credential.session_expires_at = record.get("session_expires_at")
             credential.changed_at = changed_at
         for id_, removed_at in removed.items():
             self.removed[id_] = max(removed_at, self.removed.get(id_, removed_at))

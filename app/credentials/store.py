@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.credentials.pool import CredentialPool, credential_id
+from app.credentials.pool import CredentialPool, record_id
+from app.upstream.gptomni import validate_user_agent
+from app.upstream.proxy import validate_proxy
 
 VERSION = 1
 
@@ -61,8 +63,20 @@ def parse_store(text: str, path: Path) -> StoreData:
             value = record.get(key)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise StoreError(f"credentials file {path}: entry {index} has a '{key}' that is not a time")
-        if not isinstance(record.get("last_error"), (str, type(None))):
-            raise StoreError(f"credentials file {path}: entry {index} has a 'last_error' that is not text")
+        for key in ("last_error", "id", "proxy", "user_agent", "rest_reason"):
+            if not isinstance(record.get(key), (str, type(None))):
+                raise StoreError(f"credentials file {path}: entry {index} has a '{key}' that is not text")
+        try:
+            if record.get("proxy"):
+                validate_proxy(record["proxy"])
+            if record.get("user_agent"):
+                validate_user_agent(record["user_agent"])
+        except ValueError as exc:
+            raise StoreError(f"credentials file {path}: entry {index}: {exc}") from None
+        for key in ("session_renewed_at", "session_expires_at"):
+            value = record.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise StoreError(f"credentials file {path}: entry {index} has a '{key}' that is not a time")
         credentials.append(record)
     removed = raw.get("removed") or {}
     if not isinstance(removed, dict) or not all(isinstance(v, (int, float)) for v in removed.values()):
@@ -78,7 +92,7 @@ def merge(older: StoreData, newer: StoreData) -> StoreData:
         removed[id_] = max(at, removed.get(id_, at))
     records: dict[str, dict[str, Any]] = {}
     for record in [*older.credentials, *newer.credentials]:
-        id_ = credential_id(record["cookie"])
+        id_ = record_id(record)
         current = records.get(id_)
         if current is None or float(record.get("changed_at") or 0) >= float(current.get("changed_at") or 0):
             records[id_] = record

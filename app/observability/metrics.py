@@ -131,6 +131,11 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=self.registry,
         )
+        self.pool_panics = Counter(
+            "gptomni2api_pool_panics",
+            "Requests served by a credential resting for failures because none was active (panic mode).",
+            registry=self.registry,
+        )
         self.streams_in_flight = Gauge(
             "gptomni2api_streams_in_flight",
             "SSE responses being sent right now.",

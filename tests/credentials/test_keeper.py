@@ -265,3 +265,71 @@ def test_sync_after_failed_save_keeps_a_removed_cookie_removed(tmp_path: Path) -
     keeper.sync()
     assert pool.get(credential_id(A)) is None
     assert {c.cookie for c in pool.credentials} == {B, C}
+
+
+# --- renewed sessions and egress survive a restart ---------------------------------------------------
+
+
+def test_a_renewed_cookie_and_its_egress_survive_a_restart_under_the_same_id(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A, B])
+    a = pool.get(credential_id(A))
+    assert a is not None
+    pool.configure(a, proxy="http://u:secret-pw-1@127.0.0.1:3128", user_agent="Mozilla/5.0 Test")
+    for n in range(50):
+        assert pool.renew(a, [f"session-token=AAAA-renewed-{n:04d}"])
+    assert pool.renew(a, ["__Secure-next-auth.session-token=nextauth-value-1; Max-Age=3600"])
+    renewed = "session-token=AAAA-renewed-0049; __Secure-next-auth.session-token=nextauth-value-1"
+    keeper.save()  # what the lifespan does at a stop
+    stored = json.loads(path.read_text())["credentials"]
+    assert [r["id"] for r in stored] == [credential_id(A), credential_id(B)]
+    assert stored[0]["cookie"] == renewed
+
+    # A restart, with the old cookie still in GPTOMNI_CREDENTIALS: the file wins, no duplicate.
+    keeper2, pool2 = make_keeper(path)
+    keeper2.start([A, B])
+    assert len(pool2) == 2
+    again = pool2.get(credential_id(A))
+    assert again is not None
+    assert again.cookie == renewed
+    assert (again.proxy, again.user_agent) == ("http://u:secret-pw-1@127.0.0.1:3128", "Mozilla/5.0 Test")
+    assert again.session_renewed_at == WALL and again.session_expires_at == WALL + 3600
+    # and removing it by its id is final, renewed or not
+    pool2.remove(credential_id(A))
+    keeper2.save()
+    keeper3, pool3 = make_keeper(path)
+    keeper3.start([A, B])
+    assert pool3.get(credential_id(A)) is None
+
+
+def test_renewals_are_saved_together_soon_not_one_write_each(tmp_path: Path) -> None:
+    async def scenario() -> int:
+        keeper, pool = make_keeper(tmp_path / "creds.json")
+        keeper.start([A])
+        assert keeper.store is not None
+        saves = count_saves(keeper.store)
+        a = pool.credentials[0]
+        for n in range(20):
+            pool.renew(a, [f"session-token=AAAA-burst-{n:04d}"])
+            await asyncio.sleep(0)
+        assert saves == []  # batched
+        await asyncio.sleep(1.3)
+        assert saves[-1].credentials[0]["cookie"] == "session-token=AAAA-burst-0019"
+        return len(saves)
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_another_process_renewal_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    one, pool_one = make_keeper(path, Clock(WALL))
+    one.start([A])
+    two, pool_two = make_keeper(path, Clock(WALL + 10))
+    two.start([A])
+    renewed = pool_two.credentials[0]
+    pool_two.renew(renewed, ["session-token=AAAA-from-process-two"])
+    two.save()
+    one.sync()
+    assert pool_one.credentials[0].cookie == "session-token=AAAA-from-process-two"
+    assert pool_one.credentials[0].id == credential_id(A)

@@ -306,3 +306,21 @@ def test_pool_data_holds_snapshot_and_tombstones() -> None:
     assert data.removed == {credential_id(A): 1234.0}
     data.removed.clear()
     assert pool.removed  # a copy, not the pool's own dict
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("proxy", "ftp://host:21", "use one of http"),
+        ("user_agent", "two\nlines", "printable"),
+        ("id", 5, "not text"),
+    ],
+)
+def test_a_hand_edited_egress_that_cannot_work_stops_the_start(
+    tmp_path: Path, field: str, value: object, words: str
+) -> None:
+    path = tmp_path / "creds.json"
+    path.write_text(json.dumps({"version": 1, "credentials": [{"cookie": "a=1", field: value}]}))
+    with pytest.raises(StoreError, match=words) as info:
+        CredentialStore(path).load()
+    assert "entry 0" in str(info.value)
