@@ -40,8 +40,8 @@ if __name__ == "__main__":
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
-            proxy_headers=True,
-            forwarded_allow_ips="*",
+            # The app believes X-Forwarded-For only from TRUSTED_PROXIES (app/http/client_address.py).
+            proxy_headers=False,
             access_log=False,  # the gateway writes its own access line, with the request id and model
             # On SIGTERM uvicorn stops accepting at once, then waits this long for streams in flight.
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,

@@ -6,6 +6,7 @@ configuration table mirrors the fields below (a test checks that they stay in st
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from fnmatch import fnmatchcase
 from functools import cached_property
@@ -15,6 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.upstream.proxy import validate_proxy
+
+MIN_KEY_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -249,6 +252,26 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, seconds `python main.py` lets requests in flight (streams) finish.",
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers) in bytes; larger gets 431.",
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a client has to send a whole request head before it is cut."
+    )
+    keepalive_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Open client connections taken; more get a fast 503. Unset: sized from the fd limit.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs or addresses whose X-Forwarded-For is believed (nginx). Empty: nobody's.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     @field_validator("upstream_proxy", mode="before")
@@ -278,6 +301,25 @@ class Settings(BaseSettings):
         if value is None or isinstance(value, (str, list)):
             return parse_credentials(value)
         raise ConfigError("GPTOMNI_CREDENTIALS must be a JSON list of cookie strings")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted(cls, value: object) -> list[str]:
+        if value is None or isinstance(value, (str, list)):
+            networks = parse_csv(value)
+        else:
+            raise ConfigError("TRUSTED_PROXIES must be a comma-separated list of addresses or CIDRs")
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"TRUSTED_PROXIES: {network!r} is not an address or a CIDR") from None
+        return networks
+
+    @field_validator("max_connections", mode="before")
+    @classmethod
+    def _auto(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
 
     @field_validator("served_models", mode="before")
     @classmethod
@@ -332,6 +374,21 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "API_MASTER_KEY is not set. Set it (e.g. API_MASTER_KEY=sk-something-long) in the "
                 "environment or .env, or set AUTH_DISABLED=true to serve without a key."
+            )
+        for name, key in (("API_MASTER_KEY", self.api_master_key), ("ADMIN_KEY", self.admin_key)):
+            if key is not None and len(key.get_secret_value()) < MIN_KEY_LENGTH:
+                raise ConfigError(
+                    f"{name} is shorter than {MIN_KEY_LENGTH} characters: a short key can be guessed. Use "
+                    "a long random one: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+        if (
+            self.admin_key is not None
+            and self.api_master_key is not None
+            and self.admin_key.get_secret_value() == self.api_master_key.get_secret_value()
+        ):
+            raise ConfigError(
+                "ADMIN_KEY equals API_MASTER_KEY: then every client could open /admin. Give the admin "
+                "API a key of its own."
             )
         return self
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 
 from app.api import admin_routes, health_routes, metrics_routes
 from app.config import ConfigError, Settings, load_settings
+from app.core.draining import Draining
 from app.core.service import ChatService
 from app.credentials.keeper import PoolKeeper
 from app.credentials.pool import Credential, CredentialPool, PoolPolicy
 from app.credentials.store import CredentialStore, StoreError
+from app.http.client_address import ClientAddressMiddleware
 from app.http.errors import install_error_handlers
 from app.logs import configure_logging, register_secret
 from app.observability.access import AccessLogMiddleware
@@ -82,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_credentials(pool.counts)
         service = ChatService(settings, pool, client)
         app.state.chat_service = service
+        drain_on_stop(service.draining, settings.shutdown_grace_seconds)
         tasks = []
         if keeper.store is not None:
             tasks.append(asyncio.create_task(keeper.run()))
@@ -121,13 +128,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    # Outermost: every layer below, the access log first, sees the real client address.
+    app.add_middleware(ClientAddressMiddleware, trusted=settings.trusted_proxies)
     app.include_router(health_routes.router)
     app.include_router(openai_chat_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(completions_routes.router)
-    app.include_router(metrics_routes.router)
-    app.include_router(admin_routes.router)
+    # The API description is for clients: the admin routes are left out of /openapi.json.
+    app.include_router(metrics_routes.router, include_in_schema=False)
+    app.include_router(admin_routes.router, include_in_schema=False)
     return app
 
 
@@ -141,6 +151,27 @@ def pool_policy(settings: Settings) -> PoolPolicy:
         rate=settings.rate_limit,
         max_ejected_percent=settings.max_ejected_percent,
     )
+
+
+def drain_on_stop(draining: Draining, grace: float) -> None:
+    """On SIGTERM or SIGINT, end the answers still running shortly before the server's grace period
+    runs out, each with an error event in its dialect (the server would cut them mid-body).
+
+    The server (uvicorn) has put its own handlers in place by now; ours runs, then calls its. It
+    restores the original handlers when it stops, which removes ours too."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals are only for the main thread (an in-process test client runs elsewhere)
+    loop = asyncio.get_running_loop()
+    after = max(0.0, grace - min(1.0, grace / 4))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(draining.begin, after)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 async def check_sessions_forever(service: ChatService, interval: float) -> None:

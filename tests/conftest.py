@@ -198,7 +198,18 @@ class Gateway:
         self._log = self.log_path.open("w")
         env = base_env() | settings
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(self.port)],
+            # --no-proxy-headers: the app decides whom to believe (TRUSTED_PROXIES), as under main.py.
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-proxy-headers",
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -227,3 +227,23 @@ def test_max_prompt_chars_blank_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load(monkeypatch).max_prompt_chars is None
     monkeypatch.setenv("MAX_PROMPT_CHARS", "5000")
     assert load(monkeypatch).max_prompt_chars == 5000
+
+
+@pytest.mark.parametrize("name", ["API_MASTER_KEY", "ADMIN_KEY"])
+def test_short_keys_are_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    keys = {
+        "AUTH_DISABLED": "false",
+        "API_MASTER_KEY": "sk-long-enough-key-1",
+        "ADMIN_KEY": "admin-long-enough-1",
+    }
+    messages = load_error(monkeypatch, **(keys | {name: "short-key-15chr"}))
+    assert any(name in m and "shorter than 16" in m for m in messages)
+    assert not any("short-key-15chr" in m for m in messages)  # never echoed
+    load(monkeypatch, **(keys | {name: "sixteen-chars-ok"}))
+
+
+def test_the_admin_key_must_differ_from_the_client_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    same = "sk-the-very-same-key-0001"
+    messages = load_error(monkeypatch, AUTH_DISABLED="false", API_MASTER_KEY=same, ADMIN_KEY=same)
+    assert any("ADMIN_KEY equals API_MASTER_KEY" in m for m in messages)
+    assert not any(same in m for m in messages)

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 # Settings read by other programs than the app: Docker Compose and nginx.
-DEPLOYMENT_ONLY = {"NGINX_PORT"}
+DEPLOYMENT_ONLY = {"NGINX_PORT", "GATEWAY_SUBNET"}
 
 
 def setting_names() -> set[str]:

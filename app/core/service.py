@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import anyio
 
 from app.config import Settings
+from app.core.draining import Draining, shutting_down
 from app.core.errors import GatewayError
 from app.core.events import Completion, Event, Failed, Finished, KeepAlive, Started, TextDelta, Usage
 from app.core.job import Job
@@ -156,6 +157,7 @@ class ChatService:
         self.settings = settings
         self.pool = pool
         self.client = client
+        self.draining = Draining()
 
     # --- before any upstream call -------------------------------------------------------------
     def resolve_model(self, name: str) -> str:
@@ -462,8 +464,16 @@ class ChatService:
     async def _stream_once_open(
         self, prepared: Prepared, opening: asyncio.Future[Opened]
     ) -> AsyncIterator[Event]:
+        drained = self.draining.future()
         while not opening.done():
-            done, _ = await asyncio.wait({opening}, timeout=self.settings.keepalive_interval)
+            waiting: set[asyncio.Future[Any]] = {opening, drained}
+            done, _ = await asyncio.wait(
+                waiting, timeout=self.settings.keepalive_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            if drained in done:
+                await _cancel(opening)
+                yield Failed(shutting_down())
+                return
             if not done:
                 yield KEEP_ALIVE
         try:
@@ -481,10 +491,15 @@ class ChatService:
         completion_chars = 0  # estimated over the text and tool arguments, as they pass
         counted: list[str] = []
         shaper = prepared.shaper()
+        draining = self.draining
+        drained = draining.future()
         try:
             yield STARTED
             text = opened.first_text
             while text is not None:
+                if draining.expired:
+                    yield Failed(shutting_down())
+                    return
                 for event in shaper.feed(text):
                     counted.append(event.text if isinstance(event, TextDelta) else event.arguments)
                     yield event
@@ -498,7 +513,13 @@ class ChatService:
                             continue
                     pending = opened.pending = asyncio.ensure_future(answer.next_text())
                     while not pending.done():
-                        done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                        waited: set[asyncio.Future[Any]] = {pending, drained}
+                        done, _ = await asyncio.wait(
+                            waited, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        if drained in done:
+                            yield Failed(shutting_down())
+                            return  # the upstream is closed below
                         if not done:
                             yield KEEP_ALIVE
                     opened.pending = None

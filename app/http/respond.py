@@ -14,6 +14,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+from app.core.draining import Draining, shutting_down
 from app.core.events import Completion, Event
 from app.core.service import ChatService, Prepared, wait_for_disconnect
 from app.http.sse import SSEResponse
@@ -22,8 +23,11 @@ T = TypeVar("T")
 CLIENT_GONE = 499  # nobody reads it; the access log records it
 
 
-async def run_until_disconnect(receive: Callable[[], Awaitable[Any]], work: Awaitable[T]) -> T | None:
-    """Run `work`, cancelling it if the client disconnects first (then None).
+async def run_until_disconnect(
+    receive: Callable[[], Awaitable[Any]], work: Awaitable[T], draining: Draining | None = None
+) -> T | None:
+    """Run `work`, cancelling it if the client disconnects first (then None), or if the server's
+    grace period for a stop runs out first (then a 503 `server_shutting_down`).
 
     uvicorn does not cancel a handler whose client went away, and Starlette only watches for it
     while a streaming body is being sent; before that, this is what stops the upstream call.
@@ -31,8 +35,16 @@ async def run_until_disconnect(receive: Callable[[], Awaitable[Any]], work: Awai
 
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    waited: set[asyncio.Future[Any]] = {task, watcher}
+    if draining is not None:
+        waited.add(draining.future())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        if draining is not None and draining.expired and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise shutting_down()
     finally:
         watcher.cancel()
         if not task.done():
@@ -58,7 +70,7 @@ async def respond(
     encode: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
 ) -> Response:
     if not stream:
-        completion = await run_until_disconnect(request.receive, service.complete(prepared))
+        completion = await run_until_disconnect(request.receive, service.complete(prepared), service.draining)
         if completion is None:
             return Response(status_code=CLIENT_GONE)
         return json_response(body(completion))

@@ -56,7 +56,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(emulator: Emulator, workdir: Path) -> Iterator[Stack]:
-    settings = gateway_settings(emulator, [COOKIE], KEEPALIVE_INTERVAL="1")
+    # nginx runs on loopback here: it is the trusted proxy whose X-Forwarded-For the app believes.
+    settings = gateway_settings(emulator, [COOKIE], KEEPALIVE_INTERVAL="1", TRUSTED_PROXIES="127.0.0.1")
     gateways = [Gateway(workdir, settings, name=f"behind-nginx-{i}") for i in (1, 2)]
     nginx = None
     try:
@@ -216,8 +217,8 @@ def test_app_down_is_a_502_envelope(workdir: Path) -> None:
 
 
 def test_client_address_reaches_the_app(stack: Stack) -> None:
-    # nginx appends the address it saw to X-Forwarded-For; uvicorn trusts loopback (nginx here)
-    # and logs the address before it.
+    # nginx appends the address it saw to X-Forwarded-For; the app trusts loopback (TRUSTED_PROXIES:
+    # nginx here, and the test client too, being on loopback) and logs the address before them.
     request_id = f"forwarded-{time.monotonic_ns()}"
     headers = {
         "Authorization": f"Bearer {MASTER_KEY}",
