@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gptomni-2api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.pool = pool
+    app.state.keeper = keeper
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)

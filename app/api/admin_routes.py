@@ -1,6 +1,10 @@
 """The `/admin` API: list, add, change, remove, probe and reset credentials. Off (404) without
 ADMIN_KEY; with it, only that key opens it (the client key does not). Never shows a cookie, only its
-id and a masked preview, nor a proxy's password."""
+id and a masked preview, nor a proxy's password.
+
+With CREDENTIALS_FILE, a change is answered only once it is in the file on disk (`PoolKeeper.commit`):
+an answered change survives a crash. When the file cannot be written the answer is a 503
+`credentials_not_saved`; the change stays in effect in memory, unsaved, and a later save writes it."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from app.core.errors import GatewayError, invalid_request
+from app.credentials.keeper import NotSaved, PoolKeeper
 from app.credentials.pool import Credential, CredentialPool
 from app.http.body import read_body
 from app.http.deps import AdminKey, ChatServiceDep
@@ -70,6 +75,30 @@ async def get_pool(request: Request) -> CredentialPool:
 
 
 PoolDep = Annotated[CredentialPool, Depends(get_pool)]
+
+
+async def get_keeper(request: Request) -> PoolKeeper | None:
+    keeper: PoolKeeper | None = getattr(request.app.state, "keeper", None)
+    return keeper if keeper is not None else PoolKeeper.of(request.app.state.pool)
+
+
+KeeperDep = Annotated[PoolKeeper | None, Depends(get_keeper)]
+
+
+async def saved(keeper: PoolKeeper | None) -> None:
+    """Wait until the changes made so far are in the credentials file; a 503 if they cannot be."""
+    if keeper is None:
+        return
+    try:
+        await keeper.commit()
+    except NotSaved as exc:
+        raise GatewayError(
+            503,
+            f"The change was not saved: {exc}. It is in effect in this process but would be lost on a "
+            "restart; it is written with the next save that succeeds. Retry once the file can be written.",
+            type="server_error",
+            code="credentials_not_saved",
+        ) from None
 
 
 @router.get("/credentials")
@@ -159,18 +188,23 @@ def parse_new_credentials(body: bytes) -> list[NewCredential]:
 
 
 @router.post("/credentials")
-async def add_credentials(request: Request, pool: PoolDep) -> Response:
+async def add_credentials(request: Request, pool: PoolDep, keeper: KeeperDep) -> Response:
     items = parse_new_credentials(await read_body(request, ADMIN_BODY_LIMIT))
-    added: list[dict[str, Any]] = []
-    existing: list[dict[str, Any]] = []
+    added: list[Credential] = []
+    existing: list[Credential] = []
     for item in items:
         credential, new = pool.add(item.cookie, proxy=item.proxy, user_agent=item.user_agent)
-        (added if new else existing).append(credential_view(pool, credential))
-    return _json({"added": added, "existing": existing}, status=201 if added else 200)
+        (added if new else existing).append(credential)
+    await saved(keeper)
+    added_views = [credential_view(pool, c) for c in added]
+    existing_views = [credential_view(pool, c) for c in existing]
+    return _json({"added": added_views, "existing": existing_views}, status=201 if added else 200)
 
 
 @router.patch("/credentials/{credential_id}")
-async def change_credential(credential_id: str, request: Request, pool: PoolDep) -> Response:
+async def change_credential(
+    credential_id: str, request: Request, pool: PoolDep, keeper: KeeperDep
+) -> Response:
     """`{"proxy": "..." | null, "user_agent": "..." | null}`: a field left out stays as it is."""
     credential = _found(pool, credential_id)
     usage = 'Send {"proxy": "..." or null, "user_agent": "..." or null}.'
@@ -181,27 +215,35 @@ async def change_credential(credential_id: str, request: Request, pool: PoolDep)
     proxy = egress_field(data, "proxy", "proxy") if "proxy" in data else credential.proxy
     agent = egress_field(data, "user_agent", "user_agent") if "user_agent" in data else credential.user_agent
     pool.configure(credential, proxy=proxy, user_agent=agent)
+    await saved(keeper)
     return _json(credential_view(pool, credential))
 
 
 @router.delete("/credentials/{credential_id}")
-async def remove_credential(credential_id: str, pool: PoolDep) -> Response:
+async def remove_credential(credential_id: str, pool: PoolDep, keeper: KeeperDep) -> Response:
+    if pool.get(credential_id) is None and credential_id in pool.removed:
+        await saved(keeper)  # a retry after a failed save: 404 only once the removal is on disk
     _found(pool, credential_id)
     pool.remove(credential_id)
+    await saved(keeper)
     return _json({"id": credential_id, "deleted": True})
 
 
 @router.post("/credentials/{credential_id}/reset")
-async def reset_credential(credential_id: str, pool: PoolDep) -> Response:
+async def reset_credential(credential_id: str, pool: PoolDep, keeper: KeeperDep) -> Response:
     credential = _found(pool, credential_id)
     pool.reset(credential)
+    await saved(keeper)
     return _json(credential_view(pool, credential))
 
 
 @router.post("/credentials/{credential_id}/probe")
-async def probe_credential(credential_id: str, pool: PoolDep, service: ChatServiceDep) -> Response:
+async def probe_credential(
+    credential_id: str, pool: PoolDep, service: ChatServiceDep, keeper: KeeperDep
+) -> Response:
     credential = _found(pool, credential_id)
     failure = await service.probe(credential)
+    await saved(keeper)  # the state the probe found
     return _json(
         {
             "ok": failure is None,

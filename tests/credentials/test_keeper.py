@@ -1,17 +1,20 @@
-"""PoolKeeper: start-up from the file and the settings, coalesced saves, and adopting other writers."""
+"""PoolKeeper: start-up from the file and the settings, coalesced saves, durable commits for the admin
+API (a group commit, off the event loop), and adopting other writers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.credentials.keeper import PoolKeeper
+from app.credentials.keeper import NotSaved, PoolKeeper
 from app.credentials.pool import CredentialPool, CredentialState, credential_id
 from app.credentials.store import CredentialStore, StoreData, StoreError
 from app.upstream.failures import FailureKind, UpstreamFailure
@@ -40,6 +43,48 @@ def count_saves(store: CredentialStore) -> list[StoreData]:
 
     store.save = save  # type: ignore[method-assign]
     return calls
+
+
+class GatedSave:
+    """Wraps `store.save` (which runs in a worker thread): each call is recorded and waits for the
+    gate to open; the next `failing` calls raise ENOSPC instead of writing."""
+
+    def __init__(self, store: CredentialStore) -> None:
+        self.real: Callable[[StoreData], StoreData] = store.save
+        self.calls: list[StoreData] = []
+        self.started = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.failing = 0
+        store.save = self.save  # type: ignore[method-assign]
+
+    def save(self, local: StoreData) -> StoreData:
+        self.calls.append(local)
+        self.started.release()
+        assert self.gate.wait(10), "the gate was never opened"
+        if self.failing:
+            self.failing -= 1
+            raise OSError(28, "No space left on device")
+        return self.real(local)
+
+    async def wait_started(self) -> None:
+        """Until a save has reached the store (in its thread)."""
+        assert await asyncio.to_thread(self.started.acquire, True, 5), "no save started"
+
+
+def hold_the_loop(seconds: float) -> None:
+    """Block the running event loop (called from a coroutine), as a long synchronous step would."""
+    time.sleep(seconds)
+
+
+async def settled(keeper: PoolKeeper) -> None:
+    """Until the batched saves have written every change (nobody calling commit)."""
+    async with asyncio.timeout(3):
+        while keeper.unsaved:  # noqa: ASYNC110 - watching from outside, as a client would
+            await asyncio.sleep(0.01)
+
+
+def folder_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
 
 
 def file_cookies(path: Path) -> set[str]:
@@ -143,13 +188,12 @@ async def test_schedule_save_coalesces_a_burst(tmp_path: Path) -> None:
         pool.add(cookie)
     pool.remove(credential_id(A))
     assert saves == []  # nothing written until the loop gets control
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await settled(keeper)
     assert len(saves) == 1
     assert file_cookies(path) == {B, C, D}
     wall.now += 1
     pool.add(A)  # a later change is written again, re-adding a removed cookie
-    await asyncio.sleep(0)
+    await settled(keeper)
     assert len(saves) == 2
     assert file_cookies(path) == {A, B, C, D}
 
@@ -161,7 +205,8 @@ async def test_state_change_is_saved(tmp_path: Path) -> None:
     keeper.start([A])
     (credential,) = pool.credentials
     pool.record(credential, UpstreamFailure(FailureKind.AUTH, "401 from upstream", status=401))
-    await asyncio.sleep(0)
+    assert keeper.unsaved
+    await settled(keeper)  # batched: written without anyone committing
     (stored,) = json.loads(path.read_text())["credentials"]
     assert stored["state"] == "invalid"
 
@@ -179,6 +224,220 @@ def test_save_logs_os_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         keeper.save()  # must not raise
     assert "No space left on device" in caplog.text
     assert A not in caplog.text
+
+
+# --- commit: durable acknowledgements for the admin API ------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_commit_returns_once_the_change_is_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    pool.add(B)
+    await keeper.commit()
+    assert file_cookies(path) == {A, B}  # no waiting: on disk when commit returned
+    assert not keeper.unsaved
+    pool.remove(credential_id(A))
+    await keeper.commit()
+    assert file_cookies(path) == {B}
+    assert credential_id(A) in json.loads(path.read_text())["removed"]
+
+
+@pytest.mark.anyio
+async def test_commit_without_changes_or_file_returns_at_once(tmp_path: Path) -> None:
+    keeper, pool = make_keeper(None)
+    keeper.start([A])
+    pool.add(B)
+    await keeper.commit()
+    assert folder_names(tmp_path) == []
+    keeper, pool = make_keeper(tmp_path / "creds.json")
+    keeper.start([A])
+    saves = count_saves(keeper.store)  # type: ignore[arg-type]
+    await keeper.commit()
+    assert saves == []
+
+
+@pytest.mark.anyio
+async def test_concurrent_commits_share_saves(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([])
+    saves = count_saves(keeper.store)  # type: ignore[arg-type]
+
+    async def admin_add(n: int) -> None:
+        pool.add(f"session-token=concurrent-{n:04d}")
+        await keeper.commit()
+        assert f"session-token=concurrent-{n:04d}" in file_cookies(path)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(admin_add(n) for n in range(100)))
+    elapsed = time.perf_counter() - started
+    assert len(file_cookies(path)) == 100
+    assert len(saves) <= 3  # the first add's save, then one covering the other 99
+    assert elapsed < 2.0
+
+
+def test_a_commit_arriving_just_as_a_save_finished_does_not_freeze_the_loop(tmp_path: Path) -> None:
+    # A commit that runs after a save's future is done but before its done-callback ran must not
+    # await that finished save over and over (it never yields: the loop froze under concurrent
+    # admin calls). Run on a loop in a thread of its own, so a frozen loop fails the test.
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    gated = GatedSave(keeper.store)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        pool.add(B)
+        first = asyncio.create_task(keeper.commit())
+        await gated.wait_started()
+        pool.add(C)
+        gated.gate.set()
+        hold_the_loop(0.2)  # meanwhile the save finishes and queues its completion
+        await asyncio.sleep(0)  # the completion runs first, then this task, before the callbacks
+        await keeper.commit()
+        await first
+
+    finished = threading.Event()
+
+    def run() -> None:
+        asyncio.run(scenario())
+        finished.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert finished.is_set(), "commit froze the loop"
+    assert file_cookies(path) == {A, B, C}
+
+
+@pytest.mark.anyio
+async def test_a_hundred_sequential_commits_are_cheap(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([])
+    started = time.perf_counter()
+    for n in range(100):
+        pool.add(f"session-token=sequential-{n:04d}", user_agent="Mozilla/5.0 Test")
+        await keeper.commit()
+    elapsed = time.perf_counter() - started
+    assert len(file_cookies(path)) == 100
+    assert elapsed < 2.0, f"100 durable adds took {elapsed:.2f} s"
+
+
+@pytest.mark.anyio
+async def test_a_change_made_during_a_save_waits_for_the_next_save(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    gated = GatedSave(keeper.store)  # type: ignore[arg-type]
+    pool.add(B)
+    first = asyncio.create_task(keeper.commit())
+    await gated.wait_started()  # the save for B runs (in a thread; the loop is free)
+    pool.add(C)  # not in that save's snapshot
+    second = asyncio.create_task(keeper.commit())
+    await asyncio.sleep(0.05)
+    assert not first.done() and not second.done()
+    gated.gate.set()
+    await first
+    await second
+    assert len(gated.calls) == 2
+    assert {r["cookie"] for r in gated.calls[0].credentials} == {A, B}
+    assert file_cookies(path) == {A, B, C}
+
+
+@pytest.mark.anyio
+async def test_a_failed_commit_raises_keeps_the_change_and_a_later_save_writes_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    gated = GatedSave(keeper.store)  # type: ignore[arg-type]
+    gated.gate.set()
+    gated.failing = 2
+    pool.add(B)
+    with caplog.at_level(logging.ERROR, logger="gptomni2api.credentials"):
+        with pytest.raises(NotSaved, match="No space left on device") as info:
+            await keeper.commit()
+        with pytest.raises(NotSaved):
+            await keeper.commit()  # each commit tries again, and fails again
+    assert str(path) in str(info.value)
+    assert B not in str(info.value) and B not in caplog.text
+    assert caplog.text.count("could not write the credentials file") == 1  # once per run of failures
+    assert file_cookies(path) == {A}  # not in the file ...
+    assert pool.get(credential_id(B)) is not None  # ... but in effect in memory, unsaved
+    assert keeper.unsaved
+    runner = asyncio.create_task(keeper.run(interval=0.02))  # the run loop retries by itself
+    try:
+        await settled(keeper)
+    finally:
+        runner.cancel()
+    assert file_cookies(path) == {A, B}
+    await keeper.commit()  # nothing left to write
+
+
+@pytest.mark.anyio
+async def test_a_failed_earlier_save_does_not_fail_a_later_change(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    gated = GatedSave(keeper.store)  # type: ignore[arg-type]
+    gated.failing = 1
+    pool.add(B)
+    first = asyncio.create_task(keeper.commit())
+    await gated.wait_started()
+    pool.add(C)  # made after the failing save took its snapshot
+    second = asyncio.create_task(keeper.commit())
+    await asyncio.sleep(0.02)
+    gated.gate.set()
+    with pytest.raises(NotSaved):
+        await first  # the save that covered B failed: B is not acknowledged
+    await second  # C's commit did not rely on that save: its own (covering B and C) succeeds
+    assert file_cookies(path) == {A, B, C}
+    assert len(gated.calls) == 2
+
+
+@pytest.mark.anyio
+async def test_a_commit_whose_caller_goes_away_still_saves_for_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    keeper, pool = make_keeper(path)
+    keeper.start([A])
+    gated = GatedSave(keeper.store)  # type: ignore[arg-type]
+    pool.add(B)
+    gone = asyncio.create_task(keeper.commit())
+    await gated.wait_started()
+    waiting = asyncio.create_task(keeper.commit())
+    gone.cancel()
+    gated.gate.set()
+    await waiting
+    assert file_cookies(path) == {A, B}
+    assert len(gated.calls) == 1
+
+
+def test_start_removes_leftover_temporary_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "creds.json"
+    keeper, _ = make_keeper(path)
+    keeper.start([A])
+    leftovers = [tmp_path / ".creds.json.k2j3h4g5.tmp", tmp_path / ".creds.json.abcdefgh.tmp"]
+    for leftover in leftovers:
+        leftover.write_text(json.dumps({"credentials": [{"cookie": B}]}))
+    others = [tmp_path / ".other.json.abcdefgh.tmp", tmp_path / "creds.json.bak"]
+    for other in others:
+        other.write_text("keep me")
+    keeper2, pool2 = make_keeper(path)
+    with caplog.at_level(logging.WARNING, logger="gptomni2api.credentials"):
+        keeper2.start([])
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert all(other.exists() for other in others)
+    assert "removed 2 temporary file(s)" in caplog.text and B not in caplog.text
+    assert {c.cookie for c in pool2.credentials} == {A}  # a leftover's content is not taken in
+
+
+def test_of_finds_the_keeper_of_a_pool(tmp_path: Path) -> None:
+    keeper, pool = make_keeper(tmp_path / "creds.json")
+    assert PoolKeeper.of(pool) is keeper
+    assert PoolKeeper.of(CredentialPool()) is None
 
 
 # --- sync: another process on the same file -----------------------------------------------------

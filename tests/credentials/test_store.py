@@ -324,3 +324,56 @@ def test_a_hand_edited_egress_that_cannot_work_stops_the_start(
     with pytest.raises(StoreError, match=words) as info:
         CredentialStore(path).load()
     assert "entry 0" in str(info.value)
+
+
+# --- durability -------------------------------------------------------------------------------
+
+
+def test_save_flushes_the_file_before_the_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "creds.json"
+    store = CredentialStore(path)
+    store.save(StoreData([record(A, 1.0)]))
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        events.append("fsync folder" if stat.S_ISDIR(mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str | Path) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.save(StoreData([record(B, 2.0)]))
+    assert events == ["fsync file", "rename", "fsync folder"]
+
+
+def test_remove_leftovers_deletes_only_this_files_temporaries(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    store = CredentialStore(path)
+    store.save(StoreData([record(A, 1.0)]))
+    ours = [tmp_path / ".creds.json.a1b2c3d4.tmp", tmp_path / ".creds.json.zzzzzzzz.tmp"]
+    theirs = [tmp_path / name for name in (".creds.json2.a1b2c3d4.tmp", ".creds.json.a1b2.bak", "x.tmp")]
+    for file in [*ours, *theirs]:
+        file.write_text(json.dumps({"credentials": [{"cookie": SECRET}]}))
+    assert store.remove_leftovers() == 2
+    assert stray_files(tmp_path, path.name) == sorted(p.name for p in theirs)
+    assert store.remove_leftovers() == 0
+    assert CredentialStore(tmp_path / "missing" / "creds.json").remove_leftovers() == 0
+
+
+def test_file_format_is_indented_json_and_huge_numbers_still_write(tmp_path: Path) -> None:
+    path = tmp_path / "creds.json"
+    store = CredentialStore(path)
+    store.save(StoreData([record(A, 1.5, note="é")], {"dead000000": 3.0}))
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith('{\n  "version": 1,\n  "credentials": [\n')
+    assert "é" in text  # UTF-8, not escaped
+    # a hand edit put an integer orjson cannot write into a record: the save still works
+    store.save(StoreData([record(A, 2.0, note=10**30)]))
+    assert json.loads(path.read_text())["credentials"][0]["note"] == 10**30
