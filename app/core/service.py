@@ -107,7 +107,7 @@ def failure_error(
                 502, failure.message + "." + hint, type="upstream_error", code="upstream_rejected"
             )
         error = failure_error(failure, tried, retry_after)
-        error.message += hint
+        error.message = error.message.rstrip(".") + "." + hint
         return error
     if failure.kind is FailureKind.AUTH:
         return GatewayError(
@@ -250,57 +250,69 @@ class ChatService:
     async def _with_failover(self, attempt: Callable[[Credential], Awaitable[T]]) -> T:
         """Run `attempt` on credentials in turn until one succeeds; fail with the last failure.
 
-        A failure that follows the request (`poison_class`: the same 5xx, cut-off, time-out, 401 or
-        non-challenge 403 as on a credential before) ends fail-over there, charged to no credential
-        but the first: one bad prompt must not put the whole pool to rest."""
+        A failure that may follow the request (`poison_class`: a 5xx, cut-off, time-out, 401 or
+        non-challenge 403) is charged to its credential only once the next try does not repeat it.
+        When it does, the failure follows the request: fail-over ends there and no credential is
+        charged, so one bad prompt, however often sent, puts no credential to rest."""
         tried: set[str] = set()
         seen: set[str] = set()
         last: UpstreamFailure | None = None
-        for _ in range(self.settings.upstream_max_attempts):
-            credential = await self._acquire(tried, last)
-            if credential is None:
-                break
-            tried.add(credential.id)
-            note_credential(credential.id)
-            try:
-                return await attempt(credential)
-            except TransportBusy as busy:
-                self.pool.release(credential)  # not the credential's fault: nothing recorded
-                raise GatewayError(
-                    503,
-                    f"The gateway is at capacity: {busy}.",
-                    type="server_error",
-                    code="transport_saturated",
-                    headers={"Retry-After": "1"},
-                ) from None
-            except UpstreamFailure as failure:
-                self.pool.renew(credential, failure.set_cookies)
-                note_upstream_outcome(failure.kind.value)
-                last = failure
-                kind = poison_class(failure)
-                if kind is not None and kind in seen:
-                    self.pool.release(credential)
-                    log.warning(
-                        "credential %s failed as the one before it (%s): the failure follows the request, "
-                        "so it is not charged and fail-over stops",
-                        credential.id,
-                        failure.message,
-                    )
-                    raise failure_error(
-                        failure, len(tried), self.pool.next_recovery_in(), poisoned=True
-                    ) from None
-                try:
-                    await self._charge(credential, failure)
-                finally:
-                    self.pool.release(credential)
-                log.warning("credential %s failed: %s", credential.id, failure.message)
-                if kind is not None:
-                    seen.add(kind)
-                if failure.kind in NOT_RETRIED:
+        deferred: tuple[Credential, UpstreamFailure] | None = None
+        try:
+            for _ in range(self.settings.upstream_max_attempts):
+                credential = await self._acquire(tried, last)
+                if credential is None:
                     break
-            except BaseException:
-                self.pool.release(credential)
-                raise
+                tried.add(credential.id)
+                note_credential(credential.id)
+                try:
+                    return await attempt(credential)
+                except TransportBusy as busy:
+                    self.pool.release(credential)  # not the credential's fault: nothing recorded
+                    raise GatewayError(
+                        503,
+                        f"The gateway is at capacity: {busy}.",
+                        type="server_error",
+                        code="transport_saturated",
+                        headers={"Retry-After": "1"},
+                    ) from None
+                except UpstreamFailure as failure:
+                    self.pool.release(credential)
+                    self.pool.renew(credential, failure.set_cookies)
+                    note_upstream_outcome(failure.kind.value)
+                    last = failure
+                    kind = poison_class(failure)
+                    if kind is not None and kind in seen:
+                        deferred = None  # it follows the request: nobody is charged
+                        log.warning(
+                            "credential %s failed as the one before it (%s): the failure follows the "
+                            "request, so it is charged to no credential and fail-over stops",
+                            credential.id,
+                            failure.message,
+                        )
+                        raise failure_error(
+                            failure, len(tried), self.pool.next_recovery_in(), poisoned=True
+                        ) from None
+                    if deferred is not None:
+                        earlier, deferred = deferred, None
+                        await self._charge(*earlier)
+                    if kind is not None:
+                        seen.add(kind)
+                        deferred = (credential, failure)
+                    else:
+                        last = await self._charge(credential, failure)
+                    log.warning("credential %s failed: %s", credential.id, failure.message)
+                    if failure.kind in NOT_RETRIED:
+                        break
+                except BaseException:
+                    self.pool.release(credential)
+                    raise
+        finally:
+            if deferred is not None:  # the last try, or the request ended: it was the credential's
+                with anyio.CancelScope(shield=True):
+                    charged = await self._charge(*deferred)
+                if last is deferred[1]:
+                    last = charged
         assert last is not None
         raise failure_error(last, len(tried), self.pool.next_recovery_in())
 
@@ -310,12 +322,14 @@ class ChatService:
         proxy = credential.proxy or (default.get_secret_value() if default is not None else None)
         return {"proxy": proxy, "user_agent": credential.user_agent}
 
-    async def _charge(self, credential: Credential, failure: UpstreamFailure) -> None:
-        """Record a failure against the credential. A rejection (401, 403, a redirect to sign-in)
-        condemns it only once the site's session endpoint confirms the session is gone."""
+    async def _charge(self, credential: Credential, failure: UpstreamFailure) -> UpstreamFailure:
+        """Record a failure against the credential; returns it as recorded. A rejection (401, 403, a
+        redirect to sign-in) condemns it only once the site's session endpoint confirms the session
+        is gone; otherwise it is recorded (and answered) as the server error it then is."""
         if failure.kind is FailureKind.AUTH:
             failure = await self._confirmed(credential, failure)
         self.pool.record(credential, failure)
+        return failure
 
     async def _confirmed(self, credential: Credential, failure: UpstreamFailure) -> UpstreamFailure:
         """`failure` when the session is gone; else the same failure counted like a 5xx."""
