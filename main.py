@@ -27,6 +27,7 @@ if __name__ == "__main__":
     import uvicorn
 
     from app.observability.metrics import prepare_multiprocess
+    from app.serving import server_options
 
     # uvicorn handles SIGTERM (stop accepting, let requests in flight finish) and then raises it
     # again with this handler in place: without it, a clean stop would look like a kill (exit 143).
@@ -45,6 +46,8 @@ if __name__ == "__main__":
             access_log=False,  # the gateway writes its own access line, with the request id and model
             # On SIGTERM uvicorn stops accepting at once, then waits this long for streams in flight.
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            # Bounded request heads, head and keep-alive time limits, a connection cap (app/serving.py).
+            **server_options(settings),
         )
     finally:
         if samples_dir is not None:
