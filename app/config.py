@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.upstream.proxy import validate_proxy
@@ -117,6 +117,18 @@ class Settings(BaseSettings):
     # --- access -------------------------------------------------------------------------------
     api_master_key: SecretStr | None = Field(
         default=None, description="The key clients send as `Authorization: Bearer` (or `x-api-key`)."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More client keys, fixed (JSON list or comma list), without limits; see `/admin/keys`.",
+    )
+    allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Only these client addresses or CIDRs may call the API (comma-separated). Empty: all.",
+    )
+    deny_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Client addresses or CIDRs refused with 403 (comma-separated); deny wins over allow.",
     )
     auth_disabled: bool = Field(
         default=False, description="Set to true to serve without a key (only on a trusted network)."
@@ -302,19 +314,35 @@ class Settings(BaseSettings):
             return parse_credentials(value)
         raise ConfigError("GPTOMNI_CREDENTIALS must be a JSON list of cookie strings")
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "allow_ips", "deny_ips", mode="before")
     @classmethod
-    def _trusted(cls, value: object) -> list[str]:
+    def _networks(cls, value: object, info: ValidationInfo) -> list[str]:
+        name = (info.field_name or "").upper()
         if value is None or isinstance(value, (str, list)):
             networks = parse_csv(value)
         else:
-            raise ConfigError("TRUSTED_PROXIES must be a comma-separated list of addresses or CIDRs")
+            raise ConfigError(f"{name} must be a comma-separated list of addresses or CIDRs")
         for network in networks:
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
-                raise ConfigError(f"TRUSTED_PROXIES: {network!r} is not an address or a CIDR") from None
+                raise ConfigError(f"{name}: {network!r} is not an address or a CIDR") from None
         return networks
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> list[str]:
+        if value is None or isinstance(value, (str, list)):
+            try:
+                keys = parse_csv(value)
+            except json.JSONDecodeError:
+                raise ConfigError("API_KEYS looks like a JSON list but does not parse") from None
+        else:
+            raise ConfigError("API_KEYS must be a JSON list or a comma-separated list of keys")
+        for index, key in enumerate(keys):
+            if len(key) < MIN_KEY_LENGTH:
+                raise ConfigError(f"API_KEYS[{index}] is shorter than {MIN_KEY_LENGTH} characters")
+        return list(dict.fromkeys(keys))
 
     @field_validator("max_connections", mode="before")
     @classmethod
@@ -381,14 +409,16 @@ class Settings(BaseSettings):
                     f"{name} is shorter than {MIN_KEY_LENGTH} characters: a short key can be guessed. Use "
                     "a long random one: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
                 )
-        if (
-            self.admin_key is not None
-            and self.api_master_key is not None
-            and self.admin_key.get_secret_value() == self.api_master_key.get_secret_value()
+        if self.admin_key is not None and (
+            (
+                self.api_master_key is not None
+                and self.admin_key.get_secret_value() == self.api_master_key.get_secret_value()
+            )
+            or self.admin_key.get_secret_value() in self.api_keys
         ):
             raise ConfigError(
-                "ADMIN_KEY equals API_MASTER_KEY: then every client could open /admin. Give the admin "
-                "API a key of its own."
+                "ADMIN_KEY equals API_MASTER_KEY or one of API_KEYS: then a client could open /admin. "
+                "Give the admin API a key of its own."
             )
         return self
 

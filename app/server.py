@@ -14,7 +14,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import admin_routes, health_routes, metrics_routes
+from app.api import admin_routes, health_routes, key_routes, metrics_routes
+from app.api.audit import AuditMiddleware
 from app.config import ConfigError, Settings, load_settings
 from app.core.draining import Draining
 from app.core.service import ChatService
@@ -23,6 +24,8 @@ from app.credentials.pool import Credential, CredentialPool, PoolPolicy
 from app.credentials.store import CredentialStore, StoreError
 from app.http.client_address import ClientAddressMiddleware
 from app.http.errors import install_error_handlers
+from app.http.ip_rules import IpRulesMiddleware
+from app.keys.registry import KeyRegistry
 from app.logs import configure_logging, register_secret
 from app.observability.access import AccessLogMiddleware
 from app.observability.metrics import Metrics, multiproc_dir
@@ -49,8 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for cookie in settings.gptomni_credentials:
         register_secret(cookie)
     pool = CredentialPool(policy=pool_policy(settings))
+    keys = KeyRegistry()
+    keys.add_env(settings.api_keys)
+    for secret in settings.api_keys:
+        register_secret(secret)
     keeper = PoolKeeper(
-        pool, CredentialStore(settings.credentials_file) if settings.credentials_file else None
+        pool, CredentialStore(settings.credentials_file) if settings.credentials_file else None, keys
     )
     try:
         keeper.start(settings.gptomni_credentials)
@@ -126,8 +133,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.pool = pool
     app.state.keeper = keeper
+    app.state.keys = keys
     app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(AuditMiddleware)
+    # Inside the access log (a refusal is logged and counted), outside everything else.
+    app.add_middleware(IpRulesMiddleware, allow=settings.allow_ips, deny=settings.deny_ips)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     # Outermost: every layer below, the access log first, sees the real client address.
     app.add_middleware(ClientAddressMiddleware, trusted=settings.trusted_proxies)
@@ -139,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The API description is for clients: the admin routes are left out of /openapi.json.
     app.include_router(metrics_routes.router, include_in_schema=False)
     app.include_router(admin_routes.router, include_in_schema=False)
+    app.include_router(key_routes.router, include_in_schema=False)
     return app
 
 

@@ -5,6 +5,7 @@ never leaks into a test, and writes its log to a file the tests can read."""
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import signal
 import subprocess
@@ -269,6 +270,29 @@ def gateway_settings(emulator: Emulator, cookies: list[str], **extra: str) -> di
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("run")
+
+
+# What must never be in a log: the tests' own keys, any key the gateway generates, a session cookie.
+LEAKS = re.compile(
+    re.escape(MASTER_KEY)
+    + r"|sk-[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])|next-auth\.session-token=(?!\[redacted\])[^\s;]"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The log grep over the whole run: after the last test, no log file any process wrote (gateways,
+    the emulator, nginx, proxies) holds a key or a session cookie."""
+    yield
+    root = tmp_path_factory.getbasetemp()
+    found = []
+    for log in root.rglob("*.log"):
+        text = log.read_text(errors="replace")
+        for match in LEAKS.finditer(text):
+            found.append(
+                f"{log.relative_to(root)}: ...{text[max(0, match.start() - 60) : match.start()]}<secret>"
+            )
+    assert not found, "secrets in logs:\n" + "\n".join(found[:20])
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,19 @@ def free_port() -> int:
 
 def base_env() -> dict[str, str]:
     """The machine's environment without anything that configures the gateway."""
-    prefixes = ("API_", "GPTOMNI_", "UPSTREAM_", "AUTH_", "ADMIN_", "CREDENTIAL", "MODEL_", "SERVED_")
+    prefixes = (
+        "API_",
+        "GPTOMNI_",
+        "UPSTREAM_",
+        "AUTH_",
+        "ADMIN_",
+        "CREDENTIAL",
+        "MODEL_",
+        "SERVED_",
+        "ALLOW_IPS",
+        "DENY_IPS",
+        "TRUSTED_PROXIES",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT)

@@ -195,6 +195,7 @@ async def add_credentials(request: Request, pool: PoolDep, keeper: KeeperDep) ->
     for item in items:
         credential, new = pool.add(item.cookie, proxy=item.proxy, user_agent=item.user_agent)
         (added if new else existing).append(credential)
+    request.state.audit_targets = [c.id for c in added + existing]
     await saved(keeper)
     added_views = [credential_view(pool, c) for c in added]
     existing_views = [credential_view(pool, c) for c in existing]

@@ -23,10 +23,12 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from app.credentials.pool import CredentialPool, credential_id
-from app.credentials.store import CredentialStore, StoreData, StoreError, pool_data
+from app.credentials.store import CredentialStore, KeyRecords, StoreData, StoreError, pool_data
 
 log = logging.getLogger("gptomni2api.credentials")
 
@@ -50,10 +52,22 @@ class _Flight:
     version: int
 
 
+class KeyRegistryLike(KeyRecords, Protocol):
+    """The client keys kept in the same file (app/keys/registry.py)."""
+
+    on_change: Callable[[], None] | None
+    on_usage: Callable[[], None] | None
+
+    def adopt(self, records: list[dict[str, Any]], removed: dict[str, float]) -> None: ...
+
+
 class PoolKeeper:
-    def __init__(self, pool: CredentialPool, store: CredentialStore | None) -> None:
+    def __init__(
+        self, pool: CredentialPool, store: CredentialStore | None, keys: KeyRegistryLike | None = None
+    ) -> None:
         self.pool = pool
         self.store = store
+        self.keys = keys
         self._changes = 0  # changes counted so far (on_change, on_renewal)
         self._saved = 0  # every change up to this count is in the file
         self._flight: _Flight | None = None
@@ -81,14 +95,29 @@ class PoolKeeper:
                 )
             data = self.store.load()
             if data is not None:
-                self.pool.adopt(data.credentials, data.removed)
+                self._adopt(data)
         for cookie in configured_cookies:
             if credential_id(cookie) not in self.pool.removed:
                 self.pool.add(cookie)
         if self.store is not None:
-            self.store.save(pool_data(self.pool))
+            self.store.save(self._data())
             self.pool.on_change = self.schedule_save
             self.pool.on_renewal = self.schedule_renewal_save
+            if self.keys is not None:
+                self.keys.on_change = self.schedule_save
+                self.keys.on_usage = self.schedule_renewal_save  # usage counts are traffic churn
+
+    def _data(self) -> StoreData:
+        return pool_data(self.pool, self.keys)
+
+    def _adopt(self, data: StoreData) -> None:
+        self.pool.adopt(data.credentials, data.removed)
+        if self.keys is not None:
+            try:
+                self.keys.adopt(data.keys, data.removed_keys)
+            except ValueError as exc:
+                path = self.store.path if self.store is not None else "the credentials file"
+                raise StoreError(f"credentials file {path}: a client key entry is broken: {exc}") from None
 
     @property
     def unsaved(self) -> bool:
@@ -140,7 +169,7 @@ class PoolKeeper:
         assert self.store is not None
         assert self._flight is None
         self._cancel_pending()
-        data = pool_data(self.pool)  # taken on the loop, so it is one consistent view
+        data = self._data()  # taken on the loop, so it is one consistent view
         loop = asyncio.get_running_loop()
         flight = _Flight(loop.run_in_executor(None, self.store.save, data), self._changes)
         self._flight = flight
@@ -197,7 +226,7 @@ class PoolKeeper:
             return
         version = self._changes
         try:
-            self.store.save(pool_data(self.pool))
+            self.store.save(self._data())
         except OSError as exc:
             self._failed(exc)
             return
@@ -234,7 +263,13 @@ class PoolKeeper:
         """Adopt what another process wrote since we last looked."""
         data = self._load_if_changed()
         if data is not None:
-            self.pool.adopt(data.credentials, data.removed)
+            self._adopt_quietly(data)
+
+    def _adopt_quietly(self, data: StoreData) -> None:
+        try:
+            self._adopt(data)
+        except StoreError as exc:
+            log.error("%s; keeping the keys as they are", exc)
 
     async def run(self, interval: float = 1.0) -> None:
         """Every `interval`: write changes a failed save left unsaved, and adopt other processes'
@@ -246,7 +281,7 @@ class PoolKeeper:
             with contextlib.suppress(OSError):
                 data = await asyncio.to_thread(self._load_if_changed)
                 if data is not None:
-                    self.pool.adopt(data.credentials, data.removed)
+                    self._adopt_quietly(data)
 
 
 def describe(error: BaseException) -> str:

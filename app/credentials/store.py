@@ -18,10 +18,10 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -40,9 +40,18 @@ class StoreError(Exception):
 class StoreData:
     credentials: list[dict[str, Any]] = field(default_factory=list)
     removed: dict[str, float] = field(default_factory=dict)
+    # Client keys (hashes and limits, never a key itself) and their tombstones.
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    removed_keys: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "credentials": self.credentials, "removed": self.removed}
+        return {
+            "version": VERSION,
+            "credentials": self.credentials,
+            "removed": self.removed,
+            "keys": self.keys,
+            "removed_keys": self.removed_keys,
+        }
 
 
 def parse_store(text: str, path: Path) -> StoreData:
@@ -83,30 +92,76 @@ def parse_store(text: str, path: Path) -> StoreData:
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise StoreError(f"credentials file {path}: entry {index} has a '{key}' that is not a time")
         credentials.append(record)
-    removed = raw.get("removed") or {}
-    if not isinstance(removed, dict) or not all(isinstance(v, (int, float)) for v in removed.values()):
-        raise StoreError(f"credentials file {path}: 'removed' must map ids to times")
-    return StoreData(credentials, {str(k): float(v) for k, v in removed.items()})
+    removed = _tombstones(raw, "removed", path)
+    keys = raw.get("keys") or []
+    if not isinstance(keys, list):
+        raise StoreError(f"credentials file {path}: 'keys' must be a list")
+    for index, record in enumerate(keys):
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not record["id"]:
+            raise StoreError(f"credentials file {path}: key entry {index} has no id")
+        if not isinstance(record.get("hash"), str) or len(record["hash"]) != 64:
+            raise StoreError(f"credentials file {path}: key entry {index} has no key hash")
+        changed = record.get("changed_at")
+        if changed is not None and (not isinstance(changed, (int, float)) or isinstance(changed, bool)):
+            raise StoreError(
+                f"credentials file {path}: key entry {index} has a 'changed_at' that is not a time"
+            )
+    return StoreData(credentials, removed, keys, _tombstones(raw, "removed_keys", path))
 
 
-def merge(older: StoreData, newer: StoreData) -> StoreData:
-    """Both sides record by record: the later `changed_at` wins; a tombstone later than a record
-    drops it. `newer` wins ties (it is this process's view)."""
-    removed = dict(older.removed)
-    for id_, at in newer.removed.items():
+def _tombstones(raw: dict[str, Any], name: str, path: Path) -> dict[str, float]:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+    ):
+        raise StoreError(f"credentials file {path}: '{name}' must map ids to times")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def _merge_records(
+    older: list[dict[str, Any]],
+    older_removed: dict[str, float],
+    newer: list[dict[str, Any]],
+    newer_removed: dict[str, float],
+    key: Callable[[dict[str, Any]], str],
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    removed = dict(older_removed)
+    for id_, at in newer_removed.items():
         removed[id_] = max(at, removed.get(id_, at))
     records: dict[str, dict[str, Any]] = {}
-    for record in [*older.credentials, *newer.credentials]:
-        id_ = record_id(record)
+    for record in [*older, *newer]:
+        id_ = key(record)
         current = records.get(id_)
         if current is None or float(record.get("changed_at") or 0) >= float(current.get("changed_at") or 0):
             records[id_] = record
     kept = [r for id_, r in records.items() if float(r.get("changed_at") or 0) > removed.get(id_, -math.inf)]
-    return StoreData(kept, removed)
+    return kept, removed
 
 
-def pool_data(pool: CredentialPool) -> StoreData:
-    return StoreData(pool.snapshot(), dict(pool.removed))
+def merge(older: StoreData, newer: StoreData) -> StoreData:
+    """Both sides record by record (credentials, and client keys): the later `changed_at` wins; a
+    tombstone later than a record drops it. `newer` wins ties (it is this process's view)."""
+    credentials, removed = _merge_records(
+        older.credentials, older.removed, newer.credentials, newer.removed, record_id
+    )
+    keys, removed_keys = _merge_records(
+        older.keys, older.removed_keys, newer.keys, newer.removed_keys, lambda record: str(record["id"])
+    )
+    return StoreData(credentials, removed, keys, removed_keys)
+
+
+class KeyRecords(Protocol):
+    """What the store keeps of the client keys (app/keys): their records and tombstones."""
+
+    removed: dict[str, float]
+
+    def snapshot(self) -> list[dict[str, Any]]: ...
+
+
+def pool_data(pool: CredentialPool, keys: KeyRecords | None = None) -> StoreData:
+    if keys is None:
+        return StoreData(pool.snapshot(), dict(pool.removed))
+    return StoreData(pool.snapshot(), dict(pool.removed), keys.snapshot(), dict(keys.removed))
 
 
 def encode_store(data: StoreData) -> bytes:

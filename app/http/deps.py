@@ -12,6 +12,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.config import Settings
 from app.core.errors import GatewayError
 from app.core.service import ChatService
+from app.http.keys import refusal_error, registry_of
+from app.keys.registry import KeyRefusal
+from app.observability.context import note_key
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
@@ -40,23 +43,46 @@ def keys_match(presented: str | None, expected: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def key_error(presented: str | None, *, what: str, placeholder: str, code: str) -> GatewayError:
+    """The 401 for a request without the key it needs, saying whether it was missing or wrong."""
+    message = (
+        f"Missing {what}: send it as 'Authorization: Bearer {placeholder}'."
+        if presented is None
+        else f"Incorrect {what} provided."
+    )
+    return GatewayError(401, message, type="invalid_request_error", code=code)
+
+
 def check_key(request: Request, expected: SecretStr, *, what: str, placeholder: str, code: str) -> None:
     """A 401 unless the request presents `expected`, saying whether the key was missing or wrong."""
     presented = presented_key(request)
     if not keys_match(presented, expected.get_secret_value()):
-        message = (
-            f"Missing {what}: send it as 'Authorization: Bearer {placeholder}'."
-            if presented is None
-            else f"Incorrect {what} provided."
-        )
-        raise GatewayError(401, message, type="invalid_request_error", code=code)
+        raise key_error(presented, what=what, placeholder=placeholder, code=code)
 
 
 async def require_api_key(request: Request) -> None:
+    """The root key (`API_MASTER_KEY`), or a named client key (left on `request.state` for its
+    limits and usage); a 401 otherwise. A revoked, disabled or expired key is refused here, so it
+    opens no route at all."""
     settings: Settings = request.app.state.settings
     if settings.auth_disabled or settings.api_master_key is None:
         return
-    check_key(request, settings.api_master_key, what="API key", placeholder="<key>", code="invalid_api_key")
+    presented = presented_key(request)
+    if keys_match(presented, settings.api_master_key.get_secret_value()):
+        return
+    registry = registry_of(request)
+    key = registry.authenticate(presented) if registry is not None and presented else None
+    if key is None:
+        raise key_error(presented, what="API key", placeholder="<key>", code="invalid_api_key")
+    request.state.client_key = key
+    note_key(key.name)
+    assert registry is not None
+    try:
+        registry.check_active(key)
+    except KeyRefusal as refusal:
+        request.state.key_error_noted = True
+        registry.count_error(key, refusal.kind)
+        raise refusal_error(refusal) from None
 
 
 async def require_admin_key(request: Request) -> None:

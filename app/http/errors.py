@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.core.errors import GatewayError
+from app.http.keys import note_key_error
 
 log = logging.getLogger("gptomni2api.errors")
 
@@ -61,6 +62,9 @@ def renderer_for(path: str) -> Renderer:
 
 
 def _render(request: Request, error: GatewayError) -> Response:
+    if not getattr(request.state, "key_error_noted", False):
+        request.state.key_error_noted = True
+        note_key_error(request, error.code or error.type)
     return renderer_for(request.url.path)(error)
 
 

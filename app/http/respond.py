@@ -17,6 +17,7 @@ from starlette.responses import Response
 from app.core.draining import Draining, shutting_down
 from app.core.events import Completion, Event
 from app.core.service import ChatService, Prepared, wait_for_disconnect
+from app.http.keys import admit, record_usage, tap_usage
 from app.http.sse import SSEResponse
 
 T = TypeVar("T")
@@ -69,12 +70,31 @@ async def respond(
     body: Callable[[Completion], Any],
     encode: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
 ) -> Response:
-    if not stream:
-        completion = await run_until_disconnect(request.receive, service.complete(prepared), service.draining)
-        if completion is None:
+    admission = admit(request, prepared.model)  # a named key's limits, now that the model is known
+    released = False
+    try:
+        if not stream:
+            completion = await run_until_disconnect(
+                request.receive, service.complete(prepared), service.draining
+            )
+            if completion is None:
+                return Response(status_code=CLIENT_GONE)
+            usage = completion.finish.usage
+            record_usage(admission, usage.prompt_tokens, usage.completion_tokens)
+            return json_response(body(completion))
+        plan = await service.start_stream(prepared, request.receive)
+        if plan is None:
             return Response(status_code=CLIENT_GONE)
-        return json_response(body(completion))
-    plan = await service.start_stream(prepared, request.receive)
-    if plan is None:
-        return Response(status_code=CLIENT_GONE)
-    return SSEResponse(encode(plan.events), plan.close)
+
+        async def close() -> None:
+            try:
+                await plan.close()
+            finally:
+                if admission is not None:
+                    admission.release()
+
+        released = True  # from here on, the stream's end frees the key's slot
+        return SSEResponse(encode(tap_usage(plan.events, admission)), close)
+    finally:
+        if admission is not None and not released:
+            admission.release()

@@ -67,6 +67,7 @@ def access_fields(info: RequestInfo, finished_at: float, client: str | None) -> 
         "duration_ms": _ms(info.started_at, finished_at),
         "bytes": info.bytes_sent,
         "stream": info.streaming,
+        "key": info.key_name,
         "client": client,
     }
 

@@ -29,6 +29,9 @@ class RequestInfo:
     upstream_outcomes: list[str] = field(default_factory=list)
     bytes_sent: int = 0
     streaming: bool = False
+    key_name: str | None = None  # the named client key used, never the key itself
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     @property
     def upstream_outcome(self) -> str | None:
@@ -62,6 +65,18 @@ def note_model(name: str) -> None:
     """The served model the request resolved to (bounded: only names in the model table)."""
     if (info := _current.get()) is not None:
         info.model = name
+
+
+def note_key(name: str) -> None:
+    """The name of the client key the request was made with."""
+    if (info := _current.get()) is not None:
+        info.key_name = name
+
+
+def note_usage(prompt_tokens: int, completion_tokens: int) -> None:
+    """The answer's (estimated) token counts."""
+    if (info := _current.get()) is not None:
+        info.prompt_tokens, info.completion_tokens = prompt_tokens, completion_tokens
 
 
 def note_credential(credential_id: str) -> None:

@@ -131,6 +131,19 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=self.registry,
         )
+        # Per named client key (its name, never the key): requests by status, tokens by kind.
+        self.key_requests = Counter(
+            "gptomni2api_key_requests",
+            "Requests made with each named client key, by status.",
+            ["key", "status"],
+            registry=self.registry,
+        )
+        self.key_tokens = Counter(
+            "gptomni2api_key_tokens",
+            "Estimated tokens used by each named client key, by kind (prompt, completion).",
+            ["key", "kind"],
+            registry=self.registry,
+        )
         self.pool_panics = Counter(
             "gptomni2api_pool_panics",
             "Requests served by a credential resting for failures because none was active (panic mode).",
@@ -170,6 +183,12 @@ class Metrics:
             self.time_to_first_byte.labels(route, model).observe(ttfb)
         for outcome in info.upstream_outcomes:
             self.upstream_outcomes.labels(outcome).inc()
+        if info.key_name is not None:
+            self.key_requests.labels(info.key_name, str(info.status or 500)).inc()
+            if info.prompt_tokens:
+                self.key_tokens.labels(info.key_name, "prompt").inc(info.prompt_tokens)
+            if info.completion_tokens:
+                self.key_tokens.labels(info.key_name, "completion").inc(info.completion_tokens)
         self.refresh_credentials()
 
     def exposition(self) -> bytes:
