@@ -254,6 +254,17 @@ class Gateway:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=options.pop("api_key", MASTER_KEY), **options)
 
 
+def access_line(gw: Gateway, request_id: str) -> str:
+    """The gateway's access-log line for a request id (it is written as the response ends)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [line for line in gw.log().splitlines() if f"request_id={request_id} " in line]
+        if lines:
+            return lines[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no access line for {request_id}")
+
+
 def gateway_settings(emulator: Emulator, cookies: list[str], **extra: str) -> dict[str, str]:
     import json
 

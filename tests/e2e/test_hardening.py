@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, ROOT, Emulator, Gateway, base_env, gateway_settings
+from tests.conftest import MASTER_KEY, ROOT, Emulator, Gateway, access_line, base_env, gateway_settings
 
 COOKIE = "session=hardening-cookie-000000000"
 ADMIN = "sk-admin-hardening-key-000000000"
@@ -57,16 +57,6 @@ def test_the_api_description_leaves_the_admin_routes_out(start_gateway: Any, emu
         f"{gw.url}/admin/credentials", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
     )
     assert listed.status_code == 200
-
-
-def access_line(gw: Gateway, request_id: str) -> str:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [line for line in gw.log().splitlines() if f"request_id={request_id} " in line]
-        if lines:
-            return lines[0]
-        time.sleep(0.02)
-    raise AssertionError(f"no access line for {request_id}")
 
 
 @pytest.mark.parametrize(("trusted", "logged"), [("", "127.0.0.1"), ("127.0.0.1", "198.51.100.7")])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from typing import Any
 
 import anthropic
@@ -14,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MASTER_KEY, Emulator, Gateway, gateway_settings
+from tests.conftest import MASTER_KEY, Emulator, Gateway, access_line, gateway_settings
 
 COOKIE = "session=ip-rules-cookie-0000000000000"
 REFUSED = "Your address is not allowed to use this gateway."
@@ -46,16 +45,6 @@ def messages(gw: Gateway, text: str, **headers: str) -> httpx.Response:
         headers={"x-api-key": MASTER_KEY, "anthropic-version": "2023-06-01", **headers},
         timeout=30,
     )
-
-
-def access_line(gw: Gateway, request_id: str) -> str:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [line for line in gw.log().splitlines() if f"request_id={request_id} " in line]
-        if lines:
-            return lines[0]
-        time.sleep(0.02)
-    raise AssertionError(f"no access line for {request_id}")
 
 
 def reached_upstream(emulator: Emulator, marker: str) -> bool:

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from app.core.errors import invalid_request
 from app.core.job import Job, Turn
-from app.surfaces.openai_chat.wire import StreamOptions, Strict, parse_request
+from app.surfaces.openai_chat.wire import StreamOptions, Strict, at_most_four_stops, parse_request
 
 
 class CompletionRequest(Strict):
@@ -34,12 +34,7 @@ class CompletionRequest(Strict):
     seed: int | None = None
     user: str | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
+    _stop = field_validator("stop")(at_most_four_stops)
 
     @property
     def include_usage(self) -> bool:

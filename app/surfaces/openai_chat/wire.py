@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from app.core.errors import invalid_request
 
 
+def at_most_four_stops(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > 4:
+        raise ValueError("at most 4 stop sequences")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
@@ -74,12 +80,7 @@ class ChatCompletionRequest(Strict):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
+    _stop = field_validator("stop")(at_most_four_stops)
 
     @property
     def include_usage(self) -> bool:
@@ -105,8 +106,8 @@ def _param_of(loc: tuple[int | str, ...]) -> str:
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_request(body: bytes, model: type[M]) -> M:
-    """An OpenAI-style request from raw JSON bytes, or a GatewayError(400) saying what is wrong and where."""
+def load_object(body: bytes) -> dict[str, Any]:
+    """The JSON object an OpenAI-style request body holds, or OpenAI's 400 `invalid_json`."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -115,6 +116,12 @@ def parse_request(body: bytes, model: type[M]) -> M:
         ) from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def parse_request(body: bytes, model: type[M]) -> M:
+    """An OpenAI-style request from raw JSON bytes, or a GatewayError(400) saying what is wrong and where."""
+    data = load_object(body)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -25,6 +25,7 @@ from app.core.errors import GatewayError, invalid_request
 from app.core.events import CalledTool, Completion, FinishReason, Usage
 from app.core.job import Job, OutputFormat, Role, ToolCall, ToolChoice, ToolSpec, Turn
 from app.http.body import MAX_JSON_DEPTH, too_deep
+from app.surfaces.openai_chat.wire import load_object
 
 RESPONSE_PREFIX = "resp_"
 MESSAGE_PREFIX = "msg_"
@@ -543,14 +544,7 @@ def _refuse(fields: _Fields, key: str, why: str) -> None:
 
 def parse_request(body: bytes) -> ResponsesRequest:
     """The request from raw JSON bytes, or a GatewayError(400) saying what is wrong and where."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise invalid_request(
-            "We could not parse the JSON body of your request. Send a JSON object.", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    data = load_object(body)
     if too_deep(data):
         raise invalid_request(
             f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json"
