@@ -285,8 +285,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # What must never be in a log: the tests' own keys, any key the gateway generates, a session cookie.
 LEAKS = re.compile(
-    re.escape(MASTER_KEY)
-    + r"|sk-[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])|next-auth\.session-token=(?!\[redacted\])[^\s;]"
+    "|".join(
+        [
+            re.escape(MASTER_KEY),
+            r"sk-[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])",  # a key the gateway generated
+            r"sk-admin-[A-Za-z0-9_-]{8}|admin-key-[A-Za-z0-9_-]{8}|sk-fixed-env-key-",  # the tests' own
+            r"next-auth\.session-token=(?!\[redacted\])[^\s;]",
+        ]
+    )
 )
 
 

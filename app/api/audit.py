@@ -8,10 +8,12 @@ the id in the path.
 from __future__ import annotations
 
 import logging
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("gptomni2api.audit")
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")  # ids only: anything else in a path cannot forge a log line
 CHANGES = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
@@ -49,5 +51,7 @@ def audit_line(scope: Scope, status: int) -> str:
         params = scope.get("path_params") or {}
         targets = [str(v) for v in params.values()]
     outcome = "ok" if status < 400 else "refused" if status < 500 else "failed"
-    shown = ",".join(targets) if targets else "-"
+    if status in (401, 404) and not state.get("audit_targets"):
+        targets = []  # not let in, or nothing there: what the path says is the caller's, not a target
+    shown = ",".join(_SAFE.sub("?", str(t))[:64] for t in targets) if targets else "-"
     return f"audit: {scope['method']} {route} target={shown} status={status} outcome={outcome}"

@@ -24,7 +24,11 @@ FIELDS = ("name", "rpm", "max_streams", "models", "expires_at", "disabled")
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None  # a hand-edited time past what a date can say: shown as none, never a 500
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def key_view(key: ClientKey) -> dict[str, Any]:
@@ -122,7 +126,11 @@ async def create_key(request: Request, registry: RegistryDep, keeper: KeeperDep)
     except KeyFieldError as exc:
         raise invalid_request(str(exc), param=exc.field) from None
     request.state.audit_targets = [key.id]
-    await saved(keeper)
+    try:
+        await saved(keeper)
+    except GatewayError:
+        registry.delete(key.id)  # nobody would hold its secret: it must not stay live
+        raise
     return _json({**key_view(key), "key": secret}, status=201)
 
 

@@ -147,6 +147,7 @@ def merge(older: StoreData, newer: StoreData) -> StoreData:
     keys, removed_keys = _merge_records(
         older.keys, older.removed_keys, newer.keys, newer.removed_keys, lambda record: str(record["id"])
     )
+    keys = [k for k in keys if str(k["id"]) not in removed_keys]  # key ids are never reused
     return StoreData(credentials, removed, keys, removed_keys)
 
 

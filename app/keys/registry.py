@@ -83,8 +83,10 @@ def new_key_id() -> str:
     return "key_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(12))
 
 
-def env_key_id(key_hash: str) -> str:
-    return "env_" + key_hash[:12]
+def env_key_id(number: int) -> str:
+    """A fixed key's id: its place in API_KEYS (an id from its hash would let anyone who sees the id
+    test guesses of a human-chosen key offline)."""
+    return f"env_{number}"
 
 
 # --- validation -------------------------------------------------------------------------------------
@@ -127,6 +129,9 @@ def validate_models(value: object) -> list[str] | None:
     return models
 
 
+LATEST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: what a date-time can still say
+
+
 def validate_expires_at(value: object, now: float | None) -> float | None:
     """A wall-clock time in seconds since the epoch, later than `now` (None: no check), or None."""
     if value is None:
@@ -134,6 +139,10 @@ def validate_expires_at(value: object, now: float | None) -> float | None:
     if not _is_number(value):
         raise KeyFieldError("expires_at", "expires_at must be a time in seconds since the epoch, or null")
     expires_at = float(cast(float, value))
+    if not 0 < expires_at <= LATEST_TIME:
+        raise KeyFieldError(
+            "expires_at", "expires_at must be a time before the year 10000 (in seconds, not ms)"
+        )
     if now is not None and expires_at <= now:
         raise KeyFieldError("expires_at", "expires_at must be in the future")
     return expires_at
@@ -403,7 +412,7 @@ class KeyRegistry:
             if any(hmac.compare_digest(k.hash, key_hash) for k in self._keys.values()):
                 continue
             register_secret(secret)
-            id_ = env_key_id(key_hash)
+            id_ = env_key_id(number)
             key = ClientKey(
                 id=id_,
                 name=f"env-{number}",
@@ -495,8 +504,8 @@ class KeyRegistry:
                 continue
             key = self._keys.get(new.id)
             if key is None:
-                if max(removed.get(new.id, -math.inf), self.removed.get(new.id, -math.inf)) >= new.changed_at:
-                    continue
+                if new.id in removed or new.id in self.removed:
+                    continue  # ids are never reused: a revoked key stays revoked
                 self._keys[new.id] = new
                 continue
             if key.source != "admin":
@@ -514,7 +523,7 @@ class KeyRegistry:
             if current is not None and current.source == "env":
                 continue
             self.removed[id_] = max(float(at), self.removed.get(id_, float(at)))
-            if current is not None and current.changed_at <= at:
+            if current is not None:
                 del self._keys[id_]
 
     # --- requests -------------------------------------------------------------------------------

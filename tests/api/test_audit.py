@@ -43,6 +43,17 @@ def test_each_admin_change_is_one_line_and_reads_are_not(caplog: pytest.LogCaptu
     assert lines == [
         "audit: POST /admin/credentials target=abc123,def456 status=201 outcome=ok",
         "audit: DELETE /admin/keys/{key_id} target=key_1 status=200 outcome=ok",
-        "audit: DELETE /admin/keys/{key_id} target=missing status=404 outcome=refused",
+        "audit: DELETE /admin/keys/{key_id} target=- status=404 outcome=refused",
     ]
     assert not any("secret-cookie" in line for line in lines)
+
+
+def test_a_path_cannot_forge_an_audit_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gptomni2api.audit")
+    with TestClient(app()) as client:
+        client.delete("/admin/keys/key_x%20status=200%20outcome=ok%0Aaudit:%20forged")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "gptomni2api.audit"]
+    assert "\n" not in line  # one line, whatever the path holds
+    assert line.startswith(
+        "audit: DELETE /admin/keys/{key_id} target=key_x?status?200?outcome?ok?audit??forged"
+    )

@@ -217,14 +217,17 @@ def test_app_down_is_a_502_envelope(workdir: Path) -> None:
 
 
 def test_client_address_reaches_the_app(stack: Stack) -> None:
-    # nginx appends the address it saw to X-Forwarded-For; the app trusts loopback (TRUSTED_PROXIES:
-    # nginx here, and the test client too, being on loopback) and logs the address before them.
+    # nginx sends the address it saw, replacing what the client wrote; the app believes nginx
+    # (TRUSTED_PROXIES: loopback here) and logs that address, never the client's own claim.
     request_id = f"forwarded-{time.monotonic_ns()}"
     headers = {
         "Authorization": f"Bearer {MASTER_KEY}",
         "X-Request-ID": request_id,
         "X-Forwarded-For": "198.51.100.7",
     }
-    assert httpx.get(f"{stack.url}/v1/models", headers=headers, timeout=10).status_code == 200
+    # The client connects from 127.0.0.2; nginx reaches the app from 127.0.0.1, the trusted proxy.
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as client:
+        assert client.get(f"{stack.url}/v1/models", headers=headers).status_code == 200
     (line,) = [ln for lines in stack.app_log_lines(f"request_id={request_id} ", expect=1) for ln in lines]
-    assert "client=198.51.100.7" in line
+    assert "client=127.0.0.2" in line
+    assert "198.51.100.7" not in line

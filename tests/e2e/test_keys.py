@@ -176,3 +176,14 @@ def test_keys_survive_a_restart_and_env_keys_work(
     env = [k for k in admin(again, "GET", "/keys").json()["data"] if k["source"] == "env"]
     assert [k["name"] for k in env] == ["env-1"] and env[0]["usage"]["requests"] == 1
     assert admin(again, "DELETE", f"/keys/{env[0]['id']}").status_code == 409
+
+
+@pytest.mark.parametrize("expires_at", [1e15, "9999-12-31T23:59:59-12:00", -5, "next tuesday"])
+def test_an_expiry_out_of_range_is_a_400_and_nothing_is_made(
+    start_gateway: Any, emulator: Emulator, expires_at: Any
+) -> None:
+    gw: Gateway = start_gateway(gateway_settings(emulator, [COOKIE], ADMIN_KEY=ADMIN))
+    response = admin(gw, "POST", "/keys", json={"name": "far-future", "expires_at": expires_at})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "expires_at"
+    assert admin(gw, "GET", "/keys").json()["data"] == []
