@@ -33,7 +33,11 @@ router = APIRouter(prefix="/admin", dependencies=[AdminKey])
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None  # a time past what a date can say: shown as none, never a 500
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def credential_view(pool: CredentialPool, credential: Credential) -> dict[str, Any]:
@@ -173,6 +177,8 @@ def parse_new_credentials(body: bytes) -> list[NewCredential]:
         if not isinstance(fields, dict):
             raise invalid_request("Each cookie must be a non-empty string.", param=where)
         cookie = fields.get("cookie")
+        if isinstance(cookie, str) and any(ord(c) < 32 or ord(c) == 127 for c in cookie.strip()):
+            raise invalid_request("A cookie is one line of text, without control characters.", param=where)
         if not isinstance(cookie, str) or not cookie.strip():
             param = f"{where}.cookie" if prefix and isinstance(item, dict) else where
             raise invalid_request("Each cookie must be a non-empty string.", param=param)

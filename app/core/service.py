@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -158,6 +158,7 @@ class ChatService:
         self.pool = pool
         self.client = client
         self.draining = Draining()
+        self._background: set[asyncio.Future[Any]] = set()
 
     # --- before any upstream call -------------------------------------------------------------
     def resolve_model(self, name: str) -> str:
@@ -266,7 +267,7 @@ class ChatService:
                 tried.add(credential.id)
                 note_credential(credential.id)
                 try:
-                    return await attempt(credential)
+                    result = await attempt(credential)
                 except TransportBusy as busy:
                     self.pool.release(credential)  # not the credential's fault: nothing recorded
                     raise GatewayError(
@@ -307,14 +308,31 @@ class ChatService:
                 except BaseException:
                     self.pool.release(credential)
                     raise
-        finally:
-            if deferred is not None:  # the last try, or the request ended: it was the credential's
-                with anyio.CancelScope(shield=True):
-                    charged = await self._charge(*deferred)
-                if last is deferred[1]:
-                    last = charged
+                else:
+                    if deferred is not None:
+                        # The next credential answered: the failure was the first one's. Charged in
+                        # the background, so the answer (which may be a stream) is not held up by a
+                        # session check, nor lost if the client goes away meanwhile.
+                        self._spawn(self._charge(*deferred))
+                    return result
+        except asyncio.CancelledError:
+            raise  # the next try's outcome is unknown: nobody is charged
+        except BaseException:
+            if deferred is not None:
+                self._spawn(self._charge(*deferred))  # e.g. a 429 from the pool: it stands
+            raise
+        if deferred is not None:  # no credential was left to try: it was the credential's
+            charged = await self._charge(*deferred)
+            if last is deferred[1]:
+                last = charged
         assert last is not None
         raise failure_error(last, len(tried), self.pool.next_recovery_in())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` on its own (a deferred charge); kept referenced until it is done."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def egress(self, credential: Credential) -> dict[str, Any]:
         """The proxy and User-Agent a credential's requests go out with."""
@@ -338,6 +356,8 @@ class ChatService:
         except UpstreamFailure as check:
             self.pool.renew(credential, check.set_cookies)
             why = f"the session check failed too ({check.message})"
+        except TransportBusy:
+            why = "the session could not be checked (the transport is at capacity)"
         else:
             self.pool.renew(credential, session.set_cookies)
             if not session.alive:
@@ -358,6 +378,8 @@ class ChatService:
             self.pool.renew(credential, failure.set_cookies)
             log.info("session check of credential %s got no answer: %s", credential.id, failure.message)
             return None
+        except TransportBusy:
+            return None  # the next round tries again
         self.pool.renew(credential, session.set_cookies)
         if not session.alive:
             self.pool.record(
@@ -449,11 +471,11 @@ class ChatService:
         that is an SSE error event. None: the client went away first."""
         opening = asyncio.ensure_future(self.open_stream(prepared))
         watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        drained = self.draining.future()
         try:
+            waited: set[asyncio.Future[Any]] = {opening, watcher, drained}
             await asyncio.wait(
-                {opening, watcher},
-                timeout=self.settings.keepalive_interval,
-                return_when=asyncio.FIRST_COMPLETED,
+                waited, timeout=self.settings.keepalive_interval, return_when=asyncio.FIRST_COMPLETED
             )
         except BaseException:
             opening.cancel()
@@ -463,6 +485,9 @@ class ChatService:
         if watcher.done() and not watcher.cancelled() and not opening.done():
             await _cancel(opening)
             return None
+        if drained.done() and not opening.done():
+            await _cancel(opening)
+            raise shutting_down()  # nothing was sent yet: a real 503
         if opening.done():
             opened = opening.result()  # a GatewayError here is the HTTP error
             return StreamPlan(self.stream(prepared, opened), opened.close)

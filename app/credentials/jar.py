@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+# The longest lifetime taken from a Set-Cookie: 400 days (what browsers cap it at, RFC 6265bis).
+MAX_AGE = 400 * 86_400
+
 # NextAuth's session cookie; a large one is split into `.0`, `.1`, ... chunks.
 SESSION_COOKIE_NAMES = ("__Secure-next-auth.session-token", "next-auth.session-token")
 
@@ -60,13 +63,13 @@ def parse_set_cookie(header: str, now: float) -> SetCookie | None:
         key, raw = key.strip().lower(), raw.strip()
         if key == "max-age":
             try:
-                max_age = float(int(raw))
+                max_age = float(max(-1, min(int(raw[:12]), MAX_AGE))) if raw[:1] != "-" else -1.0
             except ValueError:
                 continue
         elif key == "expires":
             try:
-                expires = parsedate_to_datetime(raw).timestamp()
-            except (TypeError, ValueError, IndexError):
+                expires = min(parsedate_to_datetime(raw).timestamp(), now + MAX_AGE)
+            except (TypeError, ValueError, IndexError, OverflowError):
                 continue
     # Max-Age wins over Expires (RFC 6265, 5.3).
     expires_at = now + max_age if max_age is not None else expires

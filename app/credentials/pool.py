@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,8 @@ from app.credentials.jar import apply_set_cookies, secret_values
 from app.logs import register_secret, unregister_secret
 from app.upstream.failures import FailureKind, UpstreamFailure
 from app.upstream.proxy import proxy_secret
+
+log = logging.getLogger("gptomni2api.credentials")
 
 MAX_REST = 600.0  # seconds: the longest rest for failure counts, and how long a rest stays "recent"
 
@@ -258,8 +261,17 @@ class CredentialPool:
         if not set_cookies:
             return False
         now = self._wall_clock()
-        update = apply_set_cookies(credential.cookie, set_cookies, now)
+        try:
+            update = apply_set_cookies(credential.cookie, set_cookies, now)
+        except Exception:  # an answer's odd header must never fail the request it came with
+            log.warning("credential %s: a Set-Cookie header could not be read; ignored", credential.id)
+            return False
         if not update.changed:
+            return False
+        if not update.cookie.strip():
+            # The site deleted every cookie of the account: it signed the session out. An empty jar
+            # is no credential (nor a valid file entry): keep the last cookie, and say it is spent.
+            self.record(credential, UpstreamFailure(FailureKind.AUTH, "the site deleted the session cookies"))
             return False
         old = set(secret_values(credential.cookie))
         credential.cookie = update.cookie

@@ -73,9 +73,8 @@ def parse_store(text: str, path: Path) -> StoreData:
             raise StoreError(f"credentials file {path}: entry {index} has no cookie string")
         if record.get("state", "active") not in ("active", "cooling", "invalid"):
             raise StoreError(f"credentials file {path}: entry {index} has an unknown state")
-        for key in ("changed_at", "cooling_until"):
-            value = record.get(key)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        for key in ("changed_at", "cooling_until", "session_renewed_at", "session_expires_at"):
+            if not _is_time(record.get(key)):
                 raise StoreError(f"credentials file {path}: entry {index} has a '{key}' that is not a time")
         for key in ("last_error", "id", "proxy", "user_agent", "rest_reason"):
             if not isinstance(record.get(key), (str, type(None))):
@@ -87,10 +86,6 @@ def parse_store(text: str, path: Path) -> StoreData:
                 validate_user_agent(record["user_agent"])
         except ValueError as exc:
             raise StoreError(f"credentials file {path}: entry {index}: {exc}") from None
-        for key in ("session_renewed_at", "session_expires_at"):
-            value = record.get(key)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise StoreError(f"credentials file {path}: entry {index} has a '{key}' that is not a time")
         credentials.append(record)
     removed = _tombstones(raw, "removed", path)
     keys = raw.get("keys") or []
@@ -109,11 +104,19 @@ def parse_store(text: str, path: Path) -> StoreData:
     return StoreData(credentials, removed, keys, _tombstones(raw, "removed_keys", path))
 
 
+LATEST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+
+
+def _is_time(value: Any) -> bool:
+    """None, or seconds since the epoch that a date can still say (no NaN, no infinity)."""
+    if value is None:
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= LATEST_TIME
+
+
 def _tombstones(raw: dict[str, Any], name: str, path: Path) -> dict[str, float]:
     value = raw.get(name) or {}
-    if not isinstance(value, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
-    ):
+    if not isinstance(value, dict) or not all(_is_time(v) and v is not None for v in value.values()):
         raise StoreError(f"credentials file {path}: '{name}' must map ids to times")
     return {str(k): float(v) for k, v in value.items()}
 

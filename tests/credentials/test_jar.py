@@ -97,3 +97,13 @@ def test_quoted_values_and_bad_dates() -> None:
 
 def test_secret_values_cover_the_header_and_each_long_value() -> None:
     assert secret_values(JAR) == [JAR, "old-token-value-aaaa"]  # "zh" and "GA1.1.1" are too short
+
+
+def test_absurd_lifetimes_are_capped_not_an_error() -> None:
+    update = apply_set_cookies(
+        JAR, [f"{SESSION}=t; Max-Age={'9' * 400}", "x=1; Expires=Fri, 31 Dec 9999 23:59:59 GMT"], NOW
+    )
+    assert update.cookie.endswith("; x=1")
+    assert update.session_expires_at == NOW + 400 * 86400  # a date can still say it
+    negative = apply_set_cookies(JAR, [f"{SESSION}=t; Max-Age=-{'9' * 400}"], NOW)
+    assert SESSION not in negative.cookie  # deleted, as any negative Max-Age

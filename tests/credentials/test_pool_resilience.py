@@ -203,3 +203,19 @@ def test_egress_is_kept_per_credential_and_its_password_redacted() -> None:
     assert "pa55word-xyz" not in redact("proxy http://user:pa55word-xyz@127.0.0.1:3128")
     credential, new = pool.add(COOKIES[1], proxy="socks5://10.0.0.1:1080")
     assert new and credential.proxy == "socks5://10.0.0.1:1080" and credential.user_agent is None
+
+
+def test_a_session_signed_out_by_the_site_leaves_the_last_cookie_and_an_invalid_credential() -> None:
+    pool = CredentialPool([f"{SESSION}=only-cookie-000000000"], wall_clock=lambda: 1e9)
+    (a,) = pool.credentials
+    assert not pool.renew(a, [f"{SESSION}=; Max-Age=0"])
+    assert a.cookie == f"{SESSION}=only-cookie-000000000"  # never an empty jar (nor file entry)
+    assert a.state is CredentialState.INVALID
+
+
+def test_an_unreadable_set_cookie_is_ignored_not_raised() -> None:
+    pool = pool_of(1)
+    (a,) = pool.credentials
+    before = a.cookie
+    assert not pool.renew(a, [None])  # type: ignore[list-item]
+    assert a.cookie == before

@@ -377,3 +377,12 @@ def test_file_format_is_indented_json_and_huge_numbers_still_write(tmp_path: Pat
     # a hand edit put an integer orjson cannot write into a record: the save still works
     store.save(StoreData([record(A, 2.0, note=10**30)]))
     assert json.loads(path.read_text())["credentials"][0]["note"] == 10**30
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e308", "-1"])
+@pytest.mark.parametrize("field", ["changed_at", "cooling_until", "session_expires_at"])
+def test_times_a_date_cannot_say_stop_the_start(tmp_path: Path, field: str, value: str) -> None:
+    path = tmp_path / "creds.json"
+    path.write_text('{"version": 1, "credentials": [{"cookie": "a=1", "' + field + '": ' + value + "}]}")
+    with pytest.raises(StoreError, match=field):
+        CredentialStore(path).load()

@@ -102,3 +102,35 @@ def test_streams_past_the_grace_end_with_an_error_event_in_their_dialect(
         assert "timeout graceful shutdown exceeded" not in gateway.log()  # nothing left to cut
     finally:
         gateway.stop()
+
+
+def test_a_stream_still_waiting_for_the_upstream_gets_a_clean_503(emulator: Emulator, workdir: Path) -> None:
+    gateway = MainProcess(
+        workdir, gateway_settings(emulator, [COOKIE], SHUTDOWN_GRACE_SECONDS="1"), name="drain-early"
+    )
+    try:
+        body = {
+            "model": "gptomni",
+            "stream": True,
+            "messages": [{"role": "user", "content": "[[emu first_byte_delay=6]]\nhi"}],
+        }
+        out: dict[str, Any] = {}
+
+        def call() -> None:
+            out["response"] = httpx.post(
+                f"{gateway.url}/v1/chat/completions", json=body, headers=HEADERS, timeout=30
+            )
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(0.5)  # the request is in, the upstream still silent
+        gateway.proc.send_signal(signal.SIGTERM)
+        thread.join(20)
+        response = out["response"]
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "server_shutting_down"
+        assert response.headers["retry-after"] == "1"
+        assert gateway.proc.wait(15) == 0
+        assert "timeout graceful shutdown exceeded" not in gateway.log()
+    finally:
+        gateway.stop()
