@@ -310,10 +310,17 @@ class ChatService:
                     raise
                 else:
                     if deferred is not None:
-                        # The next credential answered: the failure was the first one's. Charged in
-                        # the background, so the answer (which may be a stream) is not held up by a
-                        # session check, nor lost if the client goes away meanwhile.
-                        self._spawn(self._charge(*deferred))
+                        # The next credential answered: the failure was the first one's, charged now
+                        # (before the next request can pick that credential again). If the client
+                        # goes away during a session check, the charge still completes, and the
+                        # answer nobody will read is closed, so its credential's slot is freed.
+                        charge = self._spawn(self._charge(*deferred))
+                        try:
+                            await asyncio.shield(charge)
+                        except asyncio.CancelledError:
+                            if isinstance(result, Opened):
+                                await result.close()
+                            raise
                     return result
         except asyncio.CancelledError:
             raise  # the next try's outcome is unknown: nobody is charged
@@ -328,11 +335,12 @@ class ChatService:
         assert last is not None
         raise failure_error(last, len(tried), self.pool.next_recovery_in())
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run `work` on its own (a deferred charge); kept referenced until it is done."""
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def egress(self, credential: Credential) -> dict[str, Any]:
         """The proxy and User-Agent a credential's requests go out with."""
