@@ -188,6 +188,7 @@ class PoolKeeper:
         if error is None:
             self._saved = max(self._saved, flight.version)
             self._recovered()
+            self._adopt_quietly(future.result())
         else:
             self._failed(error)
         if self._again:
@@ -226,12 +227,13 @@ class PoolKeeper:
             return
         version = self._changes
         try:
-            self.store.save(self._data())
+            merged = self.store.save(self._data())
         except OSError as exc:
             self._failed(exc)
             return
         self._saved = max(self._saved, version)
         self._recovered()
+        self._adopt_quietly(merged)
 
     def _failed(self, error: BaseException) -> None:
         assert self.store is not None
@@ -266,6 +268,8 @@ class PoolKeeper:
             self._adopt_quietly(data)
 
     def _adopt_quietly(self, data: StoreData) -> None:
+        """Take in what another process wrote. Also after our own save: the save merged the file,
+        which marks it as seen, so another process's earlier write would otherwise stay unseen."""
         try:
             self._adopt(data)
         except StoreError as exc:

@@ -592,3 +592,20 @@ def test_another_process_renewal_is_adopted(tmp_path: Path) -> None:
     one.sync()
     assert pool_one.credentials[0].cookie == "session-token=AAAA-from-process-two"
     assert pool_one.credentials[0].id == credential_id(A)
+
+
+def test_a_save_takes_in_what_another_process_wrote_before_it(tmp_path: Path) -> None:
+    # Process one adds a cookie; process two, which had not read the file since, saves a change of
+    # its own. The save merges both into the file and marks it as seen, so process two must take
+    # the merged result in then: no later write by anyone is needed for it to see the new cookie.
+    path = tmp_path / "creds.json"
+    one, pool_one = make_keeper(path, Clock(WALL))
+    one.start([A])
+    two, pool_two = make_keeper(path, Clock(WALL + 5))
+    two.start([A])
+    pool_one.add(B)
+    one.save()
+    pool_two.add(C)
+    two.save()
+    assert {c.id for c in pool_two.credentials} == {credential_id(A), credential_id(B), credential_id(C)}
+    assert two.store is not None and not two.store.changed()
