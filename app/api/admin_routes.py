@@ -21,6 +21,7 @@ from app.credentials.keeper import NotSaved, PoolKeeper
 from app.credentials.pool import Credential, CredentialPool
 from app.http.body import read_body
 from app.http.deps import AdminKey, ChatServiceDep
+from app.http.respond import json_response
 from app.upstream.gptomni import validate_user_agent
 from app.upstream.proxy import mask_proxy, validate_proxy
 
@@ -30,7 +31,7 @@ ADMIN_BODY_LIMIT = 1024 * 1024
 router = APIRouter(prefix="/admin", dependencies=[AdminKey])
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso_time(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     try:
@@ -46,22 +47,18 @@ def credential_view(pool: CredentialPool, credential: Credential) -> dict[str, A
         "id": credential.id,
         "preview": credential.preview,
         "state": credential.state.value,
-        "cooling_until": _iso(until),
+        "cooling_until": iso_time(until),
         "rest_reason": credential.rest_reason.value if credential.rest_reason is not None else None,
         "proxy": mask_proxy(credential.proxy) if credential.proxy else None,
         "user_agent": credential.user_agent,
-        "session_renewed_at": _iso(credential.session_renewed_at),
-        "session_expires_at": _iso(credential.session_expires_at),
+        "session_renewed_at": iso_time(credential.session_renewed_at),
+        "session_expires_at": iso_time(credential.session_expires_at),
         "successes": credential.successes,
         "failures": dict(credential.failures),
         "last_error": credential.last_error,
-        "last_used": _iso(credential.last_used),
+        "last_used": iso_time(credential.last_used),
         "in_flight": credential.in_flight,
     }
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 def _found(pool: CredentialPool, credential_id: str) -> Credential:
@@ -108,7 +105,7 @@ async def saved(keeper: PoolKeeper | None) -> None:
 @router.get("/credentials")
 async def list_credentials(pool: PoolDep) -> Response:
     credentials = pool.credentials
-    return _json(
+    return json_response(
         {
             "object": "list",
             "counts": pool.counts(),
@@ -124,7 +121,7 @@ class NewCredential:
     user_agent: str | None = None
 
 
-def _load_object(body: bytes, usage: str) -> dict[str, Any]:
+def load_object(body: bytes, usage: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -161,7 +158,7 @@ ADD_USAGE = (
 
 def parse_new_credentials(body: bytes) -> list[NewCredential]:
     """`{"cookie", "proxy"?, "user_agent"?}` or `{"cookies": [...]}`, each a string or such an object."""
-    data = _load_object(body, ADD_USAGE)
+    data = load_object(body, ADD_USAGE)
     if "cookies" in data:
         items, prefix = data["cookies"], "cookies"
     elif "cookie" in data:
@@ -205,7 +202,7 @@ async def add_credentials(request: Request, pool: PoolDep, keeper: KeeperDep) ->
     await saved(keeper)
     added_views = [credential_view(pool, c) for c in added]
     existing_views = [credential_view(pool, c) for c in existing]
-    return _json({"added": added_views, "existing": existing_views}, status=201 if added else 200)
+    return json_response({"added": added_views, "existing": existing_views}, status=201 if added else 200)
 
 
 @router.patch("/credentials/{credential_id}")
@@ -215,7 +212,7 @@ async def change_credential(
     """`{"proxy": "..." | null, "user_agent": "..." | null}`: a field left out stays as it is."""
     credential = _found(pool, credential_id)
     usage = 'Send {"proxy": "..." or null, "user_agent": "..." or null}.'
-    data = _load_object(await read_body(request, ADMIN_BODY_LIMIT), usage)
+    data = load_object(await read_body(request, ADMIN_BODY_LIMIT), usage)
     unknown = sorted(set(data) - {"proxy", "user_agent"})
     if unknown or not data:
         raise invalid_request(usage, param=unknown[0] if unknown else None)
@@ -223,7 +220,7 @@ async def change_credential(
     agent = egress_field(data, "user_agent", "user_agent") if "user_agent" in data else credential.user_agent
     pool.configure(credential, proxy=proxy, user_agent=agent)
     await saved(keeper)
-    return _json(credential_view(pool, credential))
+    return json_response(credential_view(pool, credential))
 
 
 @router.delete("/credentials/{credential_id}")
@@ -233,7 +230,7 @@ async def remove_credential(credential_id: str, pool: PoolDep, keeper: KeeperDep
     _found(pool, credential_id)
     pool.remove(credential_id)
     await saved(keeper)
-    return _json({"id": credential_id, "deleted": True})
+    return json_response({"id": credential_id, "deleted": True})
 
 
 @router.post("/credentials/{credential_id}/reset")
@@ -241,7 +238,7 @@ async def reset_credential(credential_id: str, pool: PoolDep, keeper: KeeperDep)
     credential = _found(pool, credential_id)
     pool.reset(credential)
     await saved(keeper)
-    return _json(credential_view(pool, credential))
+    return json_response(credential_view(pool, credential))
 
 
 @router.post("/credentials/{credential_id}/probe")
@@ -251,7 +248,7 @@ async def probe_credential(
     credential = _found(pool, credential_id)
     failure = await service.probe(credential)
     await saved(keeper)  # the state the probe found
-    return _json(
+    return json_response(
         {
             "ok": failure is None,
             "error": failure.message if failure else None,

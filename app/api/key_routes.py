@@ -7,28 +7,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from app.api.admin_routes import ADMIN_BODY_LIMIT, KeeperDep, saved
+from app.api.admin_routes import ADMIN_BODY_LIMIT, KeeperDep, iso_time, load_object, saved
 from app.core.errors import GatewayError, invalid_request
 from app.http.body import read_body
 from app.http.deps import AdminKey
+from app.http.respond import json_response
 from app.keys.registry import ClientKey, KeyFieldError, KeyRegistry
 
 router = APIRouter(prefix="/admin", dependencies=[AdminKey])
 FIELDS = ("name", "rpm", "max_streams", "models", "expires_at", "disabled")
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    try:
-        moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-    except (OverflowError, OSError, ValueError):
-        return None  # a hand-edited time past what a date can say: shown as none, never a 500
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def key_view(key: ClientKey) -> dict[str, Any]:
@@ -40,10 +30,10 @@ def key_view(key: ClientKey) -> dict[str, Any]:
         "rpm": key.rpm,
         "max_streams": key.max_streams,
         "models": key.models,
-        "expires_at": _iso(key.expires_at),
+        "expires_at": iso_time(key.expires_at),
         "disabled": key.disabled,
-        "created_at": _iso(key.created_at),
-        "last_used": _iso(key.last_used),
+        "created_at": iso_time(key.created_at),
+        "last_used": iso_time(key.last_used),
         "usage": {
             "requests": key.usage.requests,
             "prompt_tokens": key.usage.prompt_tokens,
@@ -61,21 +51,14 @@ async def get_registry(request: Request) -> KeyRegistry:
 RegistryDep = Annotated[KeyRegistry, Depends(get_registry)]
 
 
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
-
-
 def _fields(body: bytes, *, creating: bool) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise invalid_request("The body must be JSON.", code="invalid_json") from None
     usage = (
         'Send {"name", "rpm"?, "max_streams"?, "models"?, "expires_at"?'
         + ("" if creating else ', "disabled"?')
         + "}."
     )
-    if not isinstance(data, dict) or (not creating and not data):
+    data = load_object(body, usage)
+    if not creating and not data:
         raise invalid_request(usage)
     allowed = FIELDS if not creating else FIELDS[:-1]
     unknown = sorted(set(data) - set(allowed))
@@ -131,17 +114,17 @@ async def create_key(request: Request, registry: RegistryDep, keeper: KeeperDep)
     except GatewayError:
         registry.delete(key.id)  # nobody would hold its secret: it must not stay live
         raise
-    return _json({**key_view(key), "key": secret}, status=201)
+    return json_response({**key_view(key), "key": secret}, status=201)
 
 
 @router.get("/keys")
 async def list_keys(registry: RegistryDep) -> Response:
-    return _json({"object": "list", "data": [key_view(key) for key in registry.list()]})
+    return json_response({"object": "list", "data": [key_view(key) for key in registry.list()]})
 
 
 @router.get("/keys/{key_id}")
 async def get_key(key_id: str, registry: RegistryDep) -> Response:
-    return _json(key_view(_found(registry, key_id)))
+    return json_response(key_view(_found(registry, key_id)))
 
 
 @router.patch("/keys/{key_id}")
@@ -153,7 +136,7 @@ async def change_key(key_id: str, request: Request, registry: RegistryDep, keepe
     except KeyFieldError as exc:
         raise invalid_request(str(exc), param=exc.field) from None
     await saved(keeper)
-    return _json(key_view(key))
+    return json_response(key_view(key))
 
 
 @router.delete("/keys/{key_id}")
@@ -161,4 +144,4 @@ async def revoke_key(key_id: str, registry: RegistryDep, keeper: KeeperDep) -> R
     _fixed(_found(registry, key_id))
     registry.delete(key_id)
     await saved(keeper)
-    return _json({"id": key_id, "deleted": True})
+    return json_response({"id": key_id, "deleted": True})

@@ -21,7 +21,7 @@ import anyio
 from app.config import Settings
 from app.core.draining import Draining, shutting_down
 from app.core.errors import GatewayError
-from app.core.events import Completion, Event, Failed, Finished, KeepAlive, Started, TextDelta, Usage
+from app.core.events import Completion, Event, Failed, Finished, KeepAlive, Started, TextDelta
 from app.core.job import Job
 from app.core.prompt import PromptTooLong, render_prompt
 from app.core.shaping import AnswerShaper, CollectedAnswer
@@ -31,7 +31,7 @@ from app.core.tools import (
     render_tool_result,
     render_tools_instructions,
 )
-from app.core.usage import estimate_prompt_tokens, estimate_tokens, usage
+from app.core.usage import estimate_prompt_tokens, usage
 from app.credentials.pool import Credential, CredentialPool, CredentialState, PoolSaturated, poison_class
 from app.observability.context import note_credential, note_first_byte, note_model, note_upstream_outcome
 from app.upstream.failures import FailureKind, UpstreamFailure
@@ -535,8 +535,7 @@ class ChatService:
         """The events of an opened answer. Closing it (client gone) closes the upstream."""
         credential, answer = opened.credential, opened.answer
         keepalive = self.settings.keepalive_interval
-        completion_chars = 0  # estimated over the text and tool arguments, as they pass
-        counted: list[str] = []
+        counted: list[str] = []  # the text and tool arguments, for the completion token estimate
         shaper = prepared.shaper()
         draining = self.draining
         drained = draining.future()
@@ -582,10 +581,9 @@ class ChatService:
                 yield event
             self.pool.record(credential, None)
             note_upstream_outcome("ok")
-            completion_chars = estimate_tokens("".join(counted))
             yield Finished(
                 shaper.finish_reason,
-                Usage(prepared.prompt_tokens, completion_chars),
+                usage(prepared.prompt_tokens, "".join(counted)),
                 shaper.stop_sequence,
             )
         finally:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 
 from app.credentials.pool import CredentialPool, record_id
+from app.keys.registry import LATEST_TIME
 from app.upstream.gptomni import validate_user_agent
 from app.upstream.proxy import validate_proxy
 
@@ -102,9 +103,6 @@ def parse_store(text: str, path: Path) -> StoreData:
                 f"credentials file {path}: key entry {index} has a 'changed_at' that is not a time"
             )
     return StoreData(credentials, removed, keys, _tombstones(raw, "removed_keys", path))
-
-
-LATEST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 
 
 def _is_time(value: Any) -> bool:

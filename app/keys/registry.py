@@ -129,7 +129,7 @@ def validate_models(value: object) -> list[str] | None:
     return models
 
 
-LATEST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: what a date-time can still say
+LATEST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: what a date-time can still say (stored times too)
 
 
 def validate_expires_at(value: object, now: float | None) -> float | None:
