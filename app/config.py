@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.state.link import validate_redis_url
 from app.upstream.proxy import validate_proxy
 
 MIN_KEY_LENGTH = 16
@@ -171,6 +172,17 @@ class Settings(BaseSettings):
     credentials_file: str | None = Field(
         default=None, description="JSON file the pool is kept in (atomic writes), so it survives restarts."
     )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="`redis://[:password@]host:port/db` or `rediss://` (TLS): pool, limits, keys and "
+        "stored responses shared by every replica. Unset: this process alone (memory + CREDENTIALS_FILE).",
+    )
+    stream_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="With REDIS_URL: a stream's slot lease, renewed while it runs; a dead replica's "
+        "slots free up after this long.",
+    )
     credential_rate_limit: str | None = Field(
         default=None,
         description="Requests per credential as `N/SECONDS` (e.g. `20/60`): a burst of N, then N per period.",
@@ -299,6 +311,20 @@ class Settings(BaseSettings):
             return validate_proxy(value.strip())
         except ValueError as exc:
             raise ConfigError(f"UPSTREAM_PROXY: {exc}") from None
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise ConfigError("REDIS_URL must be a redis:// or rediss:// URL")
+        try:
+            return validate_redis_url(value.strip())
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL: {exc}") from None
 
     @field_validator("api_master_key", "admin_key", mode="before")
     @classmethod

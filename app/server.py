@@ -16,12 +16,10 @@ from fastapi import FastAPI
 
 from app.api import admin_routes, health_routes, key_routes, metrics_routes
 from app.api.audit import AuditMiddleware
-from app.config import ConfigError, Settings, load_settings
+from app.config import Settings, load_settings
 from app.core.draining import Draining
 from app.core.service import ChatService
-from app.credentials.keeper import PoolKeeper
 from app.credentials.pool import Credential, CredentialPool, PoolPolicy
-from app.credentials.store import CredentialStore, StoreError
 from app.http.client_address import ClientAddressMiddleware
 from app.http.errors import install_error_handlers
 from app.http.ip_rules import IpRulesMiddleware
@@ -29,6 +27,7 @@ from app.keys.registry import KeyRegistry
 from app.logs import configure_logging, register_secret
 from app.observability.access import AccessLogMiddleware
 from app.observability.metrics import Metrics, multiproc_dir
+from app.state.backend import build_state
 from app.surfaces.anthropic import routes as anthropic_routes
 from app.surfaces.completions import routes as completions_routes
 from app.surfaces.openai_chat import routes as openai_chat_routes
@@ -56,15 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keys.add_env(settings.api_keys)
     for secret in settings.api_keys:
         register_secret(secret)
-    keeper = PoolKeeper(
-        pool, CredentialStore(settings.credentials_file) if settings.credentials_file else None, keys
-    )
-    try:
-        keeper.start(settings.gptomni_credentials)
-    except StoreError as exc:
-        raise ConfigError(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(f"CREDENTIALS_FILE {settings.credentials_file}: {exc.strerror}") from None
+    backend = build_state(settings, pool, keys)  # may refuse: a corrupt file, an unreachable Redis
+    keeper = backend.keeper
     metrics = Metrics(multiproc_dir())
 
     def on_panic(credential: Credential) -> None:
@@ -96,9 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = ChatService(settings, pool, client)
         app.state.chat_service = service
         drain_on_stop(service.draining, settings.shutdown_grace_seconds)
+        backend.start(on_degraded=lambda degraded: metrics.state_degraded.set(int(degraded)))
         tasks = []
-        if keeper.store is not None:
-            tasks.append(asyncio.create_task(keeper.run()))
         if settings.probe_interval > 0:
             tasks.append(asyncio.create_task(probe_forever(service, settings.probe_interval)))
         if settings.session_check_interval > 0:
@@ -126,13 +117,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            keeper.save()
+            await backend.stop()
             await client.aclose()
 
     app = FastAPI(title="gptomni-2api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.pool = pool
     app.state.keeper = keeper
+    app.state.backend = backend
+    app.state.responses_store = backend.responses
     app.state.keys = keys
     app.state.metrics = metrics
     install_error_handlers(app)

@@ -332,3 +332,30 @@ def start_gateway(workdir: Path) -> Iterator[Any]:
     yield start
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Any]:
+    """A factory: `start_redis(password=None)` runs a real redis-server (tests/redis_server.py) on a
+    free port in this test's temporary directory; all are stopped at the end of the test."""
+    from tests.redis_server import RedisServer
+
+    started: list[RedisServer] = []
+
+    def start(password: str | None = None, name: str = "redis") -> RedisServer:
+        try:
+            server = RedisServer(tmp_path, password=password, name=name)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(start_redis: Any) -> Any:
+    """One real redis-server for this test, without a password; `.url` is its REDIS_URL."""
+    return start_redis()

@@ -8,6 +8,8 @@ import os
 import socket
 from pathlib import Path
 
+from app.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +34,8 @@ def base_env() -> dict[str, str]:
         "DENY_IPS",
         "TRUSTED_PROXIES",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    settings = {name.upper() for name in Settings.model_fields}  # DEMO, REDIS_URL, HOST, PORT, ...
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in settings}
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT)
     return env

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from app.core.errors import GatewayError, invalid_request
 from app.credentials.keeper import NotSaved, PoolKeeper
 from app.credentials.pool import Credential, CredentialPool
+from app.credentials.store import encode_store
 from app.http.body import read_body
 from app.http.deps import AdminKey, ChatServiceDep
 from app.http.respond import json_response
@@ -254,4 +255,20 @@ async def probe_credential(
             "error": failure.message if failure else None,
             "credential": credential_view(pool, credential),
         }
+    )
+
+
+@router.get("/export")
+async def export_pool(request: Request) -> Response:
+    """The whole pool and the client keys (hashes), cookies included, in the credentials file's
+    format: a backup, and a `CREDENTIALS_FILE` to start from (import into Redis, or embedded)."""
+    data = await request.app.state.backend.export()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Response(
+        encode_store(data),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="gptomni2api-pool-{stamp}.json"',
+            "Cache-Control": "no-store",
+        },
     )

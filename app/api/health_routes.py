@@ -1,9 +1,12 @@
 """Liveness and readiness, public and cheap (no upstream call, no secret).
 
 `/health`: the process serves. `/ready`: it can answer chats, i.e. some credential is active;
-503 otherwise, with the counts by state, for load balancers and `docker compose`."""
+503 otherwise, with the counts by state, for load balancers and `docker compose`. With Redis, it
+says `degraded` (still 200) while Redis is away and the process serves on its own view."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -24,8 +27,23 @@ async def ready(request: Request) -> Response:
     pool: CredentialPool = request.app.state.pool
     counts = pool.counts()
     is_ready = counts["active"] > 0
+    payload: dict[str, Any] = {"status": readiness(is_ready, state_degraded(request)), "credentials": counts}
+    backend = getattr(request.app.state, "backend", None)
+    if backend is not None and backend.name != "embedded":  # the embedded answer stays as it was
+        payload["state"] = backend.describe()
     return Response(
-        orjson.dumps({"status": "ready" if is_ready else "not_ready", "credentials": counts}),
-        status_code=200 if is_ready else 503,
-        media_type="application/json",
+        orjson.dumps(payload), status_code=200 if is_ready else 503, media_type="application/json"
     )
+
+
+def state_degraded(request: Request) -> bool:
+    backend = getattr(request.app.state, "backend", None)
+    return bool(backend is not None and backend.degraded)
+
+
+def readiness(has_active: bool, degraded: bool) -> str:
+    """`ready`; `degraded` while the shared state (Redis) is away but chats are still answered from
+    this process's view; `not_ready` without an active credential (503)."""
+    if not has_active:
+        return "not_ready"
+    return "degraded" if degraded else "ready"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.credentials.pool import CredentialPool, credential_id
-from app.credentials.store import CredentialStore, KeyRecords, StoreData, StoreError, pool_data
+from app.credentials.store import KeyRecords, Store, StoreData, StoreError, pool_data
 
 log = logging.getLogger("gptomni2api.credentials")
 
@@ -63,7 +63,7 @@ class KeyRegistryLike(KeyRecords, Protocol):
 
 class PoolKeeper:
     def __init__(
-        self, pool: CredentialPool, store: CredentialStore | None, keys: KeyRegistryLike | None = None
+        self, pool: CredentialPool, store: Store | None, keys: KeyRegistryLike | None = None
     ) -> None:
         self.pool = pool
         self.store = store
@@ -91,7 +91,7 @@ class PoolKeeper:
                 log.warning(
                     "removed %d temporary file(s) that an interrupted write left next to %s",
                     leftovers,
-                    self.store.path,
+                    self.store.what,
                 )
             data = self.store.load()
             if data is not None:
@@ -116,8 +116,8 @@ class PoolKeeper:
             try:
                 self.keys.adopt(data.keys, data.removed_keys)
             except ValueError as exc:
-                path = self.store.path if self.store is not None else "the credentials file"
-                raise StoreError(f"credentials file {path}: a client key entry is broken: {exc}") from None
+                where = self.store.what if self.store is not None else "the credentials file"
+                raise StoreError(f"{where}: a client key entry is broken: {exc}") from None
 
     @property
     def unsaved(self) -> bool:
@@ -215,7 +215,7 @@ class PoolKeeper:
                 await asyncio.shield(flight.future)
             except Exception as exc:
                 if flight.version >= target:
-                    raise NotSaved(f"could not write {self.store.path}: {describe(exc)}") from None
+                    raise NotSaved(f"could not write {self.store.what}: {describe(exc)}") from None
                 continue  # a save that started before these changes failed: the next one covers them
             if flight.version >= target:
                 return
@@ -239,9 +239,8 @@ class PoolKeeper:
         assert self.store is not None
         if not self._failing:  # once per run of failures: the run loop retries every second
             log.error(
-                "could not write the credentials file %s: %s; the changes are kept in memory and "
-                "written once a save succeeds",
-                self.store.path,
+                "could not write %s: %s; the changes are kept in memory and written once a save succeeds",
+                self.store.what,
                 describe(error),
             )
         self._failing = True
@@ -249,7 +248,7 @@ class PoolKeeper:
     def _recovered(self) -> None:
         if self._failing:
             self._failing = False
-            log.info("the credentials file %s is written again", self.store.path if self.store else "")
+            log.info("%s is written again", self.store.what if self.store else "the credentials file")
 
     # --- other processes -----------------------------------------------------------------------
     def _load_if_changed(self) -> StoreData | None:
@@ -266,6 +265,10 @@ class PoolKeeper:
         data = self._load_if_changed()
         if data is not None:
             self._adopt_quietly(data)
+
+    def take_in(self, data: StoreData) -> None:
+        """Adopt what another process stored (a change notice's document; see app/state)."""
+        self._adopt_quietly(data)
 
     def _adopt_quietly(self, data: StoreData) -> None:
         """Take in what another process wrote. Also after our own save: the save merged the file,

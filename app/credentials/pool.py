@@ -31,6 +31,7 @@ from aiolimiter import AsyncLimiter
 
 from app.credentials.jar import apply_set_cookies, secret_values
 from app.logs import register_secret, unregister_secret
+from app.state.limits import SharedLimits
 from app.upstream.failures import FailureKind, UpstreamFailure
 from app.upstream.proxy import proxy_secret
 
@@ -206,6 +207,8 @@ class CredentialPool:
         self.on_renewal: Callable[[], None] | None = None
         # Called when a request is served by a resting credential because none is active (panic mode).
         self.on_panic: Callable[[Credential], None] | None = None
+        # Limits shared with other replicas (Redis), checked after the pool's own; None: only these.
+        self.shared: SharedLimits | None = None
         self.panics = 0
         for cookie in cookies:
             self.add(cookie)
@@ -409,17 +412,24 @@ class CredentialPool:
         None when no usable credential exists at all; PoolSaturated when the wait runs out.
         """
         deadline = self._clock() + wait
+        held_back: dict[str, float] = {}  # refused by the shared limits this round: id -> seconds to wait
         while True:
-            credential = self.acquire(exclude)
+            credential = self.acquire(exclude | set(held_back))
             if credential is not None:
                 if credential.limiter is not None:
                     await credential.limiter.acquire()
-                return credential
+                refusal = await self._take_shared(credential)
+                if refusal is None:
+                    return credential
+                held_back[credential.id] = refusal
+                continue  # the next credential may have room
             if not self._blocked_by_limits(exclude):
                 return None
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise PoolSaturated(max(1.0, self._time_to_room()))
+                shared_wait = min(held_back.values(), default=0.0)
+                raise PoolSaturated(max(1.0, self._time_to_room(), shared_wait))
+            held_back.clear()  # after the pause below, the shared limits are asked again
             self._released.clear()
             # Wake on a release (a cap frees up) or after a short while (a bucket leaks).
             try:
@@ -428,9 +438,24 @@ class CredentialPool:
             except TimeoutError:
                 pass
 
+    async def _take_shared(self, credential: Credential) -> float | None:
+        """The shared limits' word on one more use of `credential` (app/state/limits.py): None when
+        admitted, or seconds to wait (then the local use taken is given back)."""
+        if self.shared is None:
+            return None
+        refusal = await self.shared.take(
+            "cred", credential.id, rate=self.policy.rate, cap=self.policy.max_in_flight
+        )
+        if refusal is None:
+            return None
+        credential.in_flight = max(0, credential.in_flight - 1)
+        return refusal.retry_after
+
     def release(self, credential: Credential) -> None:
         """One use of `credential` is over (whatever its outcome; see `record`)."""
         credential.in_flight = max(0, credential.in_flight - 1)
+        if self.shared is not None and self.policy.max_in_flight:
+            self.shared.release("cred", credential.id)
         self._released.set()
 
     def record(self, credential: Credential, failure: UpstreamFailure | None) -> None:

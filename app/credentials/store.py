@@ -55,7 +55,7 @@ class StoreData:
         }
 
 
-def parse_store(text: str, path: Path) -> StoreData:
+def parse_store(text: str, path: Path | str) -> StoreData:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -112,7 +112,7 @@ def _is_time(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= LATEST_TIME
 
 
-def _tombstones(raw: dict[str, Any], name: str, path: Path) -> dict[str, float]:
+def _tombstones(raw: dict[str, Any], name: str, path: Path | str) -> dict[str, float]:
     value = raw.get(name) or {}
     if not isinstance(value, dict) or not all(_is_time(v) and v is not None for v in value.values()):
         raise StoreError(f"credentials file {path}: '{name}' must map ids to times")
@@ -176,9 +176,26 @@ def encode_store(data: StoreData) -> bytes:
         return json.dumps(data.to_json(), ensure_ascii=False, indent=2).encode("utf-8")
 
 
+class Store(Protocol):
+    """Where the pool is kept: the credentials file (`CredentialStore`) or Redis
+    (app/state/store.py). `save` merges and returns what is stored now; it blocks (the keeper runs it
+    in a worker thread)."""
+
+    what: str  # for messages: "the credentials file <path>", "Redis at <masked url>"
+
+    def load(self) -> StoreData | None: ...
+
+    def save(self, local: StoreData) -> StoreData: ...
+
+    def changed(self) -> bool: ...
+
+    def remove_leftovers(self) -> int: ...
+
+
 class CredentialStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.what = f"the credentials file {self.path}"
         self._seen: tuple[int, int] | None = None
         self._last: tuple[bytes, StoreData] | None = None  # the file's bytes and what they hold
         self._temporary_prefix = f".{self.path.name}."

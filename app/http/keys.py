@@ -44,14 +44,14 @@ def refusal_error(refusal: KeyRefusal) -> GatewayError:
     )
 
 
-def admit(request: Request, model: str) -> Admission | None:
+async def admit(request: Request, model: str) -> Admission | None:
     """The key's admission for one request to `model`; None without a named key. Raises the
     key's refusal (401, 403, 429) as a GatewayError in the caller's dialect."""
     key, registry = key_of(request), registry_of(request)
     if key is None or registry is None:
         return None
     try:
-        admission = registry.admit(key, model)
+        admission = await registry.admit_shared(key, model)
     except KeyRefusal as refusal:
         request.state.key_error_noted = True
         note_key_error(request, refusal.kind)

@@ -70,7 +70,7 @@ async def respond(
     body: Callable[[Completion], Any],
     encode: Callable[[AsyncIterator[Event]], AsyncIterator[bytes]],
 ) -> Response:
-    admission = admit(request, prepared.model)  # a named key's limits, now that the model is known
+    admission = await admit(request, prepared.model)  # a named key's limits, now that the model is known
     released = False
     try:
         if not stream:

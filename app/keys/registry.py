@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
+from app.keys.limits import WINDOW, window_retry_after
 from app.keys.limits import KeyRefusal as KeyRefusal  # re-exported: callers import it from here
-from app.keys.limits import window_retry_after
 from app.logs import register_secret
+from app.state.limits import SharedLimits
 
 NAME_MAX = 64
 ID_ALPHABET = string.ascii_letters + string.digits
@@ -220,6 +221,9 @@ class ClientKey:
     # Runtime only, never persisted:
     in_flight: int = field(default=0, repr=False, compare=False)
     window: deque[float] = field(default_factory=deque, repr=False, compare=False)  # monotonic
+    # The usage the key was read with from a store (None: made here): the part of `usage` that is
+    # not this process's own counting (app/state/usage.py adds only the rest to the shared sums).
+    stored_usage: KeyUsage | None = field(default=None, repr=False, compare=False)
 
     def expired(self, now: float) -> bool:
         """Whether the key has expired at wall-clock time `now`."""
@@ -292,6 +296,7 @@ class ClientKey:
                 last_used=times["last_used"],
                 usage=usage,
                 source=cast(KeySource, source),
+                stored_usage=KeyUsage.from_record(usage.to_record()),
             )
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
@@ -301,9 +306,12 @@ class Admission:
     """One admitted request of a key: `release()` when it ends (idempotent; also on leaving a `with`),
     `record()` its estimated tokens, `error()` its failure class."""
 
-    def __init__(self, key: ClientKey, on_usage: Callable[[], None]) -> None:
+    def __init__(
+        self, key: ClientKey, on_usage: Callable[[], None], on_release: Callable[[], None] | None = None
+    ) -> None:
         self.key = key
         self._on_usage = on_usage
+        self._on_release = on_release  # frees the key's shared slot (app/state/limits.py)
         self.released = False
 
     def release(self) -> None:
@@ -311,6 +319,19 @@ class Admission:
             return
         self.released = True
         self.key.in_flight = max(0, self.key.in_flight - 1)
+        if self._on_release is not None:
+            self._on_release()
+
+    def withdraw(self) -> None:
+        """Undo the admission (the shared limits refused it): it counts nowhere, holds no slot."""
+        if self.released:
+            return
+        self.released = True
+        key = self.key
+        key.in_flight = max(0, key.in_flight - 1)
+        key.usage.requests = max(0, key.usage.requests - 1)
+        if key.rpm is not None and key.window:
+            key.window.pop()
 
     def record(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.key.usage.prompt_tokens += max(0, prompt_tokens)
@@ -343,6 +364,9 @@ class KeyRegistry:
         self.removed: dict[str, float] = {}  # id -> wall-clock time of its deletion (tombstones)
         # Called after create / patch / delete (not after usage, nor adopt): persistence hooks in here.
         self.on_change: Callable[[], None] | None = None
+        # Limits shared with other replicas (Redis), checked after a key's own; None: only these.
+        self.shared: SharedLimits | None = None
+        self.usage_shared = False  # usage counted across replicas (Redis): records' usage is not merged
         # Called after usage changes (admit, record, error): for batched saves.
         self.on_usage: Callable[[], None] | None = None
 
@@ -515,7 +539,8 @@ class KeyRegistry:
                     setattr(key, name, getattr(new, name))
                 if key.rpm is None:
                     key.window.clear()
-            key.usage.merge_max(new.usage)
+            if not self.usage_shared:  # shared counters are summed in Redis instead (app/state/usage.py)
+                key.usage.merge_max(new.usage)
             if new.last_used is not None and (key.last_used is None or new.last_used > key.last_used):
                 key.last_used = new.last_used
         for id_, at in removed.items():
@@ -587,4 +612,34 @@ class KeyRegistry:
         key.last_used = wall
         key.usage.requests += 1
         self._used()
-        return Admission(key, self._used)
+        shared = self.shared
+        on_release = (lambda: shared.release("key", key.id)) if shared is not None else None
+        return Admission(key, self._used, on_release)
+
+    async def admit_shared(self, key: ClientKey, model: str) -> Admission:
+        """`admit`, then the same limits across replicas (when shared): KeyRefusal (429) when
+        another replica's requests used them up."""
+        admission = self.admit(key, model)
+        if self.shared is None:
+            return admission
+        refusal = await self.shared.take(
+            "key", key.id, rate=(key.rpm, WINDOW) if key.rpm is not None else None, cap=key.max_streams or 0
+        )
+        if refusal is None:
+            return admission
+        admission.withdraw()
+        wait = max(1, math.ceil(refusal.retry_after))
+        if refusal.kind == "streams":
+            raise KeyRefusal(
+                429,
+                "key_streams_exhausted",
+                f"the key {key.name!r} has {key.max_streams} requests in flight across the gateway's "
+                "replicas, its limit; retry when one ends",
+                wait,
+            )
+        raise KeyRefusal(
+            429,
+            "key_rate_limited",
+            f"the key {key.name!r} is limited to {key.rpm} requests per minute; retry in {wait} s",
+            wait,
+        )

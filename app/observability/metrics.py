@@ -155,6 +155,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        # 1 while the shared state (Redis) is unreachable and this process serves on its own view.
+        self.state_degraded = Gauge(
+            "gptomni2api_state_degraded",
+            "1 while Redis (REDIS_URL) is unreachable: the last known pool, per-replica limits.",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
         self._credential_counts: Callable[[], Mapping[str, int]] | None = None
 
     def watch_credentials(self, counts: Callable[[], Mapping[str, int]]) -> None:

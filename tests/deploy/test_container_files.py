@@ -64,6 +64,27 @@ class TestCompose:
         assert "container_name" not in app
         assert "ports" not in app
 
+    def test_redis_service_is_optional_private_and_durable(self) -> None:
+        services = compose()["services"]
+        redis = services["redis"]
+        assert redis["image"].startswith("redis:7")  # the official image
+        assert redis["profiles"] == ["redis"]  # only with COMPOSE_PROFILES=redis in .env
+        assert "ports" not in redis  # only the app reaches it, on the project's network
+        command = " ".join(redis["command"])
+        assert "--appendonly yes" in command
+        assert "--appendfsync always" in command  # an acknowledged admin write is on disk
+        assert "--requirepass" in command
+        assert "redis-data:/data" in redis["volumes"]
+        assert "redis-data" in compose()["volumes"]
+        assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+        # The app waits for a healthy Redis when it runs, and starts alone when it does not.
+        assert services["app"]["depends_on"]["redis"] == {"condition": "service_healthy", "required": False}
+        # The password comes from .env at run time, never written into the file.
+        assert "REDIS_PASSWORD" in command
+        example = (ROOT / ".env.example").read_text()
+        for line in ("# COMPOSE_PROFILES=redis", "# REDIS_PASSWORD=", "# REDIS_URL=redis://:"):
+            assert line in example
+
     def test_redeploy_waits_longer_than_the_grace_time(self) -> None:
         grace = Settings.model_fields["shutdown_grace_seconds"].default
         stop = compose()["services"]["app"]["stop_grace_period"]
