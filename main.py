@@ -1,16 +1,23 @@
-"""Entry point: `main:app` for uvicorn; `python main.py` runs the server with the configured host,
-port and workers."""
+"""Entry point: `main:app` for uvicorn; `python main.py [--demo]` runs the server with the configured
+host, port and workers."""
 
 from __future__ import annotations
 
+import os
 import sys
 
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, Settings, load_settings
+from app.demo.mode import cli_environment
 from app.server import create_app
 
+if __name__ == "__main__":
+    # `--demo` becomes DEMO=true before the settings load: uvicorn imports `main:app` again, here and
+    # in each worker process, and they all read their settings from the environment.
+    os.environ.update(cli_environment(sys.argv[1:]))
+
 try:
-    settings = load_settings()
-    app = create_app(settings)  # may refuse too: a corrupt credentials file
+    app = create_app(load_settings())  # may refuse too: a corrupt credentials file
+    settings: Settings = app.state.settings  # as run: demo mode fills in its host and keys
 except ConfigError as exc:
     sys.stderr.write(f"gptomni-2api: configuration error: {exc}\n")
     raise SystemExit(2) from None

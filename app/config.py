@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="Key for the `/admin` API (Bearer). Unset: the admin API is off (404)."
     )
+    console_session_ttl: float = Field(
+        default=28800.0,
+        gt=0,
+        description="Seconds a sign-in to the admin console (`/admin/`) lasts before the key is asked again.",
+    )
     credentials_file: str | None = Field(
         default=None, description="JSON file the pool is kept in (atomic writes), so it survives restarts."
     )
@@ -298,6 +303,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
+    # --- demo ---------------------------------------------------------------------------------
+    demo: bool = Field(
+        default=False,
+        description="Demo mode (`python main.py --demo`): with no credential configured, canned answers "
+        "from the bundled upstream emulator, demo keys, HOST 127.0.0.1 (app/demo/mode.py).",
+    )
+
     @field_validator("upstream_proxy", mode="before")
     @classmethod
     def _proxy(cls, value: object) -> object:
@@ -424,10 +436,12 @@ class Settings(BaseSettings):
                 raise ConfigError(
                     f"MODEL_ALIASES maps {alias!r} to {target!r}, which is not in SERVED_MODELS"
                 )
-        if self.api_master_key is None and not self.auth_disabled:
+        # Demo mode fills in public demo keys when it applies (app/demo/mode.py decides).
+        if self.api_master_key is None and not self.auth_disabled and not self.demo:
             raise ConfigError(
                 "API_MASTER_KEY is not set. Set it (e.g. API_MASTER_KEY=sk-something-long) in the "
-                "environment or .env, or set AUTH_DISABLED=true to serve without a key."
+                "environment or .env, or set AUTH_DISABLED=true to serve without a key "
+                "(or try the gateway with canned answers: python main.py --demo)."
             )
         for name, key in (("API_MASTER_KEY", self.api_master_key), ("ADMIN_KEY", self.admin_key)):
             if key is not None and len(key.get_secret_value()) < MIN_KEY_LENGTH:

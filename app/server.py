@@ -14,19 +14,24 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import admin_routes, health_routes, key_routes, metrics_routes
+from app.api import admin_routes, docs_routes, health_routes, key_routes, metrics_routes
 from app.api.audit import AuditMiddleware
-from app.config import Settings, load_settings
+from app.config import ConfigError, Settings, load_settings
+from app.console import routes as console_routes
 from app.core.draining import Draining
 from app.core.service import ChatService
 from app.credentials.pool import Credential, CredentialPool, PoolPolicy
+from app.credentials.store import StoreError
+from app.demo.mode import demo_banner, plan_demo, public_keys, stored_credentials
+from app.demo.upstream import DemoUpstream
 from app.http.client_address import ClientAddressMiddleware
 from app.http.errors import install_error_handlers
 from app.http.ip_rules import IpRulesMiddleware
 from app.keys.registry import KeyRegistry
-from app.logs import configure_logging, register_secret
+from app.logs import configure_logging, register_secret, unregister_secret
 from app.observability.access import AccessLogMiddleware
 from app.observability.metrics import Metrics, multiproc_dir
+from app.observability.traffic import TrafficBuffer
 from app.state.backend import build_state
 from app.surfaces.anthropic import routes as anthropic_routes
 from app.surfaces.completions import routes as completions_routes
@@ -42,6 +47,11 @@ log = logging.getLogger("gptomni2api")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
+    try:
+        demo = plan_demo(settings, stored_credentials(settings.credentials_file) if settings.demo else 0)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = demo.settings  # in demo mode: the demo cookie, keys and host filled in
     if settings.api_master_key is not None:
         register_secret(settings.api_master_key.get_secret_value())
     if settings.admin_key is not None:
@@ -83,7 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             first_byte=settings.upstream_first_byte_timeout,
             idle=settings.upstream_idle_timeout,
         )
-        client = GptomniClient(transport, settings.gptomni_base_url, timeouts)
+        demo_upstream = DemoUpstream() if demo.active else None
+        base_url = await demo_upstream.start() if demo_upstream is not None else settings.gptomni_base_url
+        client = GptomniClient(transport, base_url, timeouts)
         metrics.watch_credentials(pool.counts)
         service = ChatService(settings, pool, client)
         app.state.chat_service = service
@@ -101,15 +113,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(pool) == 0:
             log.warning(
                 "No gptomni credential configured: chat requests will get 503. Sign in at gptomni.ai, copy "
-                "the Cookie header of a chatWithText request, and set GPTOMNI_CREDENTIALS='[\"<cookie>\"]'."
+                "the Cookie header of a chatWithText request, and set GPTOMNI_CREDENTIALS='[\"<cookie>\"]' "
+                "(or add it through the admin API, POST /admin/credentials, or the console at /admin/). "
+                "To see the gateway work first, with canned answers: python main.py --demo"
             )
         log.info(
             "serving models %s with %d credential(s) via %s -> %s",
             ", ".join(settings.model_table),
             len(pool),
             transport.name,
-            settings.gptomni_base_url,
+            base_url,
         )
+        if demo_upstream is not None:
+            for public in public_keys(settings):
+                unregister_secret(public)  # documented demo keys, printed on purpose
+            log.warning("%s", demo_banner(settings, base_url))
+        elif demo.ignored:
+            log.warning(
+                "--demo (DEMO=true) is ignored: credentials are configured (%s), so the real upstream "
+                "%s is used",
+                ", ".join(demo.configured),
+                base_url,
+            )
         try:
             yield
         finally:
@@ -119,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await backend.stop()
             await client.aclose()
+            if demo_upstream is not None:
+                await demo_upstream.close()
 
     app = FastAPI(title="gptomni-2api", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -128,11 +155,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.responses_store = backend.responses
     app.state.keys = keys
     app.state.metrics = metrics
+    app.state.traffic = traffic = TrafficBuffer()
     install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     # Inside the access log (a refusal is logged and counted), outside everything else.
     app.add_middleware(IpRulesMiddleware, allow=settings.allow_ips, deny=settings.deny_ips)
-    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics, traffic=traffic)
     # Outermost: every layer below, the access log first, sees the real client address.
     app.add_middleware(ClientAddressMiddleware, trusted=settings.trusted_proxies)
     app.include_router(health_routes.router)
@@ -140,10 +168,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(anthropic_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(completions_routes.router)
+    docs_routes.install(app)  # /docs, offline; the routes above are what /openapi.json describes
     # The API description is for clients: the admin routes are left out of /openapi.json.
     app.include_router(metrics_routes.router, include_in_schema=False)
     app.include_router(admin_routes.router, include_in_schema=False)
     app.include_router(key_routes.router, include_in_schema=False)
+    app.include_router(console_routes.router, include_in_schema=False)
     return app
 
 

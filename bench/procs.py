@@ -26,7 +26,7 @@ import httpx
 
 from tests.processes import ROOT, base_env, free_port
 
-EMULATOR = ROOT / "tests" / "upstream_emulator.py"
+EMULATOR = ROOT / "app" / "demo" / "emulator.py"
 MASTER_KEY = "sk-bench-master-key-0123456789"
 COOKIES = ["session=bench-cookie-aaaaaaaaaaaaaaaa", "session=bench-cookie-bbbbbbbbbbbbbbbb"]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -137,7 +137,7 @@ class RssSampler:
 
 
 class Emulator:
-    """tests/upstream_emulator.py in its fast mode: no pause between pieces."""
+    """app/demo/emulator.py in its fast mode: no pause between pieces."""
 
     def __init__(self, workdir: Path, *, chunk_size: int, cpus: set[int] | None = None) -> None:
         self._log = (workdir / "emulator.log").open("w")

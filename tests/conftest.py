@@ -21,7 +21,7 @@ import pytest
 
 from tests.processes import ROOT, base_env, free_port
 
-EMULATOR = ROOT / "tests" / "upstream_emulator.py"
+EMULATOR = ROOT / "app" / "demo" / "emulator.py"
 FORWARD_PROXY = ROOT / "tests" / "forward_proxy.py"
 SESSION_COOKIE = "__Secure-next-auth.session-token"
 MASTER_KEY = "sk-test-master-key-0123456789"

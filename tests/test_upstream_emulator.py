@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-EMULATOR = Path(__file__).with_name("upstream_emulator.py")
+EMULATOR = Path(__file__).resolve().parent.parent / "app" / "demo" / "emulator.py"
 COOKIE = "session=abc"
 PREFIX = "Hello from the gptomni emulator. You said: "
 
@@ -67,6 +67,34 @@ def chat_pieces(
 def stats(client: httpx.Client) -> dict[str, Any]:
     result: dict[str, Any] = client.get("/_emu/stats").json()
     return result
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # -S: no site-packages at all, so it runs on the standard library alone (and without uvloop).
+        ["-S", str(EMULATOR)],
+        ["-m", "app.demo.emulator"],
+    ],
+    ids=["by-path-stdlib-only", "as-module"],
+)
+def test_runs_by_path_on_the_stdlib_alone_and_as_a_module(command: list[str]) -> None:
+    root = EMULATOR.parent.parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, *command, "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=root
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("EMULATOR_LISTENING 127.0.0.1:"), line
+        cookie = {"Cookie": "emu_demo=1"}
+        answer = httpx.post(
+            f"http://{line.split()[1]}/api/chatWithText", json={"prompt": "hi"}, headers=cookie
+        )
+        assert answer.status_code == 200 and "canned" in answer.text  # the demo option
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
 
 
 def test_default_raw_reply_streams_in_pieces(client: httpx.Client) -> None:

@@ -13,16 +13,17 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.credentials.pool import CredentialPool
+from app.http import openapi_docs as docs
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", openapi_extra=docs.HEALTH)
 async def health() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/ready")
+@router.get("/ready", openapi_extra=docs.READY)
 async def ready(request: Request) -> Response:
     pool: CredentialPool = request.app.state.pool
     counts = pool.counts()

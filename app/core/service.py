@@ -229,8 +229,10 @@ class ChatService:
         if len(self.pool) == 0:
             raise GatewayError(
                 503,
-                "No gptomni credential is configured. Copy your gptomni.ai cookie into "
-                "GPTOMNI_CREDENTIALS (see the README) and restart.",
+                "No gptomni credential is configured. Either add your gptomni.ai cookie: set "
+                "GPTOMNI_CREDENTIALS (see the README) and restart, or add it without a restart through "
+                "the admin API (POST /admin/credentials) or the console at /admin/; or try the gateway "
+                "first with canned answers: restart it with `python main.py --demo`.",
                 type="server_error",
                 code="no_credentials",
             )

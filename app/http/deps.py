@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +11,7 @@ from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
+from app.console.session import COOKIE_NAME, CSRF_HEADER, csrf_valid, verify_session
 from app.core.errors import GatewayError
 from app.core.service import ChatService
 from app.http.keys import refusal_error, registry_of
@@ -85,15 +87,51 @@ async def require_api_key(request: Request) -> None:
         raise refusal_error(refusal) from None
 
 
+STATE_CHANGING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+
+
 async def require_admin_key(request: Request) -> None:
-    """The admin surface (`/admin`, `/metrics`): only ADMIN_KEY opens it, never the client key."""
+    """The admin surface (`/admin`, `/metrics`): only ADMIN_KEY opens it, never the client key.
+
+    The key comes as a header, or was exchanged for a console session (a signed cookie, see
+    `app/console/session.py`); with the session, a change also needs its CSRF token. A key header
+    wins over a cookie, so a script's call behaves as it always did."""
     settings: Settings = request.app.state.settings
     if settings.admin_key is None:
         # The same 404 as any unknown path: an unconfigured admin surface does not announce itself.
         raise StarletteHTTPException(404)
+    cookie = request.cookies.get(COOKIE_NAME)
+    if presented_key(request) is None and cookie is not None:
+        check_console_session(request, settings, cookie)
+        return
     check_key(
         request, settings.admin_key, what="admin key", placeholder="<ADMIN_KEY>", code="invalid_admin_key"
     )
+
+
+def check_console_session(request: Request, settings: Settings, cookie: str) -> None:
+    """A 401 unless the cookie holds a live console session; a 403 for a change without its CSRF token."""
+    assert settings.admin_key is not None
+    admin_key = settings.admin_key.get_secret_value()
+    session = verify_session(admin_key, cookie, time.time(), settings.console_session_ttl)
+    if session is None:
+        raise GatewayError(
+            401,
+            "The console session has ended or is not valid: sign in again with the admin key.",
+            type="invalid_request_error",
+            code="invalid_console_session",
+        )
+    if request.method in STATE_CHANGING and not csrf_valid(
+        admin_key, session, request.headers.get(CSRF_HEADER)
+    ):
+        raise GatewayError(
+            403,
+            "Missing or wrong X-CSRF-Token: a change made with the console session must carry the "
+            "token the sign-in returned.",
+            type="permission_error",
+            code="invalid_csrf_token",
+        )
+    request.state.console_session = session
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

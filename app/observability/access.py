@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.context import RequestInfo, bind_request, request_id_from, unbind_request
 from app.observability.metrics import Metrics
+from app.observability.traffic import TrafficBuffer
 
 log = logging.getLogger("gptomni2api.access")
 
@@ -28,6 +29,12 @@ def route_template(scope: Scope) -> str | None:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else None
+
+
+def counts_as_traffic(route: str | None) -> bool:
+    """The API's requests (and the console's "Try it"), for the console's charts; not the console's
+    own polling, the health probes, the docs, or paths that match no route."""
+    return route is not None and (route.startswith("/v1/") or route == "/admin/try")
 
 
 def with_request_id(headers: list[tuple[bytes, bytes]], request_id: str) -> list[tuple[bytes, bytes]]:
@@ -48,6 +55,13 @@ def _logfmt_value(value: Any) -> str:
         escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in escaped)
         return f'"{escaped}"'
     return text
+
+
+def time_to_first_token(info: RequestInfo) -> float | None:
+    """Seconds to the first piece of a chat answer (a request that resolved a model); else None."""
+    if info.model is None or info.first_byte_at is None:
+        return None
+    return max(0.0, info.first_byte_at - info.started_at)
 
 
 def _ms(start: float, end: float | None) -> int | None:
@@ -78,9 +92,10 @@ def format_access_line(fields: dict[str, Any]) -> str:
 
 
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, traffic: TrafficBuffer | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.traffic = traffic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,6 +114,8 @@ class AccessLogMiddleware:
                 if content_type.startswith("text/event-stream"):
                     info.streaming = True
                     self.metrics.stream_started()
+                    if self.traffic is not None:
+                        self.traffic.stream_started()
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 info.bytes_sent += len(body)
@@ -117,7 +134,11 @@ class AccessLogMiddleware:
             info.route = route_template(scope)
             if info.streaming:
                 self.metrics.stream_ended()
+                if self.traffic is not None:
+                    self.traffic.stream_ended()
             self.metrics.observe(info, finished_at)
+            if self.traffic is not None and counts_as_traffic(info.route):
+                self.traffic.record(info.status or 500, time_to_first_token(info))
             client = scope.get("client")
             line = format_access_line(access_fields(info, finished_at, client[0] if client else None))
             log.log(logging.DEBUG if info.route in QUIET_ROUTES else logging.INFO, line)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from app.core.errors import GatewayError
 from app.core.events import Completion, Event
+from app.http import openapi_docs as docs
 from app.http.body import read_body
 from app.http.deps import ApiKey, ChatServiceDep, SettingsDep
 from app.http.errors import register_envelope
@@ -36,7 +37,7 @@ def render_error(error: GatewayError) -> Response:
 register_envelope(PREFIX, render_error)
 
 
-@router.post(PREFIX)
+@router.post(PREFIX, openapi_extra=docs.MESSAGES)
 async def create_message(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
     job = decode_messages(await read_body(request, settings.max_request_bytes))
     prepared = service.prepare(job)
@@ -50,7 +51,7 @@ async def create_message(request: Request, service: ChatServiceDep, settings: Se
     return await respond(request, service, prepared, stream=job.stream, body=body, encode=encode)
 
 
-@router.post(PREFIX + "/count_tokens")
+@router.post(PREFIX + "/count_tokens", openapi_extra=docs.COUNT_TOKENS)
 async def count_tokens(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
     job = decode_count_tokens(await read_body(request, settings.max_request_bytes))
     # The whole conversation is counted: a client counts to decide what to drop itself.

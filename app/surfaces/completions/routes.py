@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.core.events import Completion, Event
+from app.http import openapi_docs as docs
 from app.http.body import read_body
 from app.http.deps import ApiKey, ChatServiceDep, SettingsDep
 from app.http.respond import respond
@@ -18,7 +19,7 @@ from app.surfaces.completions.wire import decode, parse_completion_request, prom
 router = APIRouter(prefix="/v1", dependencies=[ApiKey])
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=docs.COMPLETIONS)
 async def completions(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
     body = await read_body(request, settings.max_request_bytes)
     completion_request = parse_completion_request(body)

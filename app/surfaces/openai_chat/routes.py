@@ -8,8 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.config import Settings
 from app.core.errors import GatewayError
 from app.core.events import Completion, Event
+from app.demo.mode import DEMO_OWNER
+from app.http import openapi_docs as docs
 from app.http.body import read_body
 from app.http.deps import ApiKey, ChatServiceDep, SettingsDep
 from app.http.respond import json_response, respond
@@ -23,7 +26,7 @@ router = APIRouter(prefix="/v1", dependencies=[ApiKey])
 MODEL_CREATED = 1_735_689_600
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=docs.CHAT_COMPLETIONS)
 async def chat_completions(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
     body = await read_body(request, settings.max_request_bytes)
     chat_request = parse_chat_request(body)
@@ -42,19 +45,21 @@ async def chat_completions(request: Request, service: ChatServiceDep, settings: 
     )
 
 
-def _model_card(model_id: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": MODEL_CREATED, "owned_by": "gptomni"}
+def _model_card(model_id: str, settings: Settings) -> dict[str, Any]:
+    # Demo mode says so wherever a client looks first: its answers are canned (app/demo/mode.py).
+    owner = DEMO_OWNER if settings.demo else "gptomni"
+    return {"id": model_id, "object": "model", "created": MODEL_CREATED, "owned_by": owner}
 
 
-@router.get("/models")
+@router.get("/models", openapi_extra=docs.MODELS)
 async def list_models(settings: SettingsDep) -> Response:
-    return json_response({"object": "list", "data": [_model_card(m) for m in settings.model_table]})
+    return json_response({"object": "list", "data": [_model_card(m, settings) for m in settings.model_table]})
 
 
-@router.get("/models/{model_id:path}")
+@router.get("/models/{model_id:path}", openapi_extra=docs.MODEL)
 async def get_model(model_id: str, settings: SettingsDep) -> Response:
     if settings.resolve_model(model_id) is None:
         raise GatewayError(
             404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found"
         )
-    return json_response(_model_card(model_id))
+    return json_response(_model_card(model_id, settings))

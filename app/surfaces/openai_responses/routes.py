@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from app.core.events import Completion, Event
 from app.core.job import Turn
+from app.http import openapi_docs as docs
 from app.http.body import read_body
 from app.http.deps import ApiKey, ChatServiceDep, SettingsDep
 from app.http.respond import json_response, respond
@@ -47,7 +48,7 @@ async def get_store(request: Request) -> ResponseStore:
 StoreDep = Annotated[ResponseStore, Depends(get_store)]
 
 
-@router.post("/responses")
+@router.post("/responses", openapi_extra=docs.RESPONSES)
 async def create_response(
     request: Request, service: ChatServiceDep, settings: SettingsDep, store: StoreDep
 ) -> Response:
@@ -89,7 +90,7 @@ async def create_response(
     return answer
 
 
-@router.get("/responses/{response_id}")
+@router.get("/responses/{response_id}", openapi_extra=docs.RESPONSE)
 async def get_response(response_id: str, store: StoreDep) -> Response:
     record = await store.get(response_id)
     if record is None:
@@ -97,7 +98,7 @@ async def get_response(response_id: str, store: StoreDep) -> Response:
     return json_response(record.response)
 
 
-@router.delete("/responses/{response_id}")
+@router.delete("/responses/{response_id}", openapi_extra=docs.RESPONSE_DELETED)
 async def delete_response(response_id: str, store: StoreDep) -> Response:
     if not await store.delete(response_id):
         raise response_not_found(response_id)

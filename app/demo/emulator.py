@@ -1,9 +1,11 @@
-"""A loopback HTTP/1.1 server that speaks the gptomni.ai chat protocol, for e2e tests and benchmarks.
+"""A loopback HTTP/1.1 server that speaks the gptomni.ai chat protocol, for e2e tests, benchmarks and
+demo mode (`python main.py --demo` runs it inside the gateway as the upstream: app/demo/upstream.py).
 
 It owns the wire: HTTP/1.1 is written by hand on asyncio streams (keep-alive, chunked bodies both
 ways), so a test can pace, split, stall and cut an answer byte for byte. Stdlib only; uvloop if present.
 
-CLI: python tests/upstream_emulator.py --host 127.0.0.1 --port 0 [--chunk-delay 0.02] [--chunk-size 16]
+CLI: python -m app.demo.emulator --host 127.0.0.1 --port 0 [--chunk-delay 0.02] [--chunk-size 16]
+     (or by path: python app/demo/emulator.py ...)
      Prints exactly one line "EMULATOR_LISTENING <host>:<port>" once listening; exits 0 on SIGTERM/SIGINT.
      Import: `serve(host, port, chunk_delay, chunk_size)`, `main(argv)`, or `Emulator` (start/close/port).
 
@@ -53,6 +55,8 @@ POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie head
                         alive whatever the status (a 401 that is not about the session). empty:
                         signed out: chat 401, session endpoint {}. error: session endpoint 500
                         (chat unaffected).
+    demo=1              demo mode's canned answers (reply rule 4 below); the gateway's demo cookie
+                        carries it as `emu_demo=1`.
     set_cookie_b64=B64  base64 of UTF-8 text, one Set-Cookie header value per line (LF or CRLF): each
                         line is sent verbatim as its own `Set-Cookie:` header on the answer (every
                         status) and on the session endpoint. Latin-1 only, no bare CR.
@@ -72,7 +76,11 @@ POST /api/chatWithText  body {"prompt": "<str>"} (any Content-Type), Cookie head
          EMU_REPLY>>>
     2. the LAST unnumbered `<<<EMU_REPLY\n...\nEMU_REPLY>>>` block in the prompt;
     3. reply_b64;
-    4. "Hello from the gptomni emulator. You said: " + last non-empty prompt line (directives and
+    4. with demo=1, the demo answer (`demo_reply`): once the prompt carries a tool result, a sentence
+       quoting the last one; else, while the prompt offers tools, a call of the tool its
+       instructions show, with the example arguments shown there (the first `<tool_calls>` block
+       after "## Calling tools"); else a sentence saying the answer is canned, then the line below;
+    5. "Hello from the gptomni emulator. You said: " + last non-empty prompt line (directives and
        blocks removed, max 200 chars).
   "LAST" is by position: a transcript that repeats the user's message (or an earlier answer) carrying
   the same blocks still picks the latest copy.
@@ -130,6 +138,7 @@ import dataclasses
 import datetime
 import email.utils
 import hashlib
+import html
 import http
 import itertools
 import json
@@ -170,6 +179,13 @@ _DIRECTIVE_RE = re.compile(r"\[\[emu\b([^\]]*)\]\]")
 # One regex for numbered and plain blocks, so a scan never starts a block inside another.
 _REPLY_RE = re.compile(r"<<<EMU_REPLY(?:@(\d+))?\r?\n(.*?)(?:\r?\n)?EMU_REPLY>>>", re.DOTALL)
 _TOOL_RESULT_END = "</tool_result>"
+_TOOL_RESULT_RE = re.compile(
+    r'<tool_result id="[^"]*"(?: name="([^"]*)")?>\n(.*?)\n</tool_result>', re.DOTALL
+)
+_TOOL_OFFER_RE = re.compile(
+    r"^## Calling tools$.*?^<tool_calls>\n(.*?)\n</tool_calls>$", re.DOTALL | re.MULTILINE
+)
+DEMO_PREFIX = "[demo mode: a canned answer from the bundled emulator, not a model]"
 _EOLS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
 _ACCOUNT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -215,6 +231,7 @@ class Options:
     rotate: str | None = None
     session: str = "auto"
     set_cookie_b64: str | None = None
+    demo: bool = False
 
 
 def _to_int(lo: int, hi: int) -> Callable[[str], int]:
@@ -307,6 +324,7 @@ _OPTION_PARSERS: dict[str, Callable[[str], object]] = {
     "rotate": _to_account,
     "session": _to_choice("auto", "alive", "empty", "error"),
     "set_cookie_b64": _to_set_cookie_b64,
+    "demo": _to_flag,
 }
 
 
@@ -381,17 +399,37 @@ def scripted_reply(prompt: str) -> str | None:
     return plain[-1] if plain else None
 
 
+def _last_line(prompt: str) -> str:
+    stripped = _DIRECTIVE_RE.sub("", _REPLY_RE.sub("", prompt))
+    lines = [line.strip() for line in stripped.splitlines() if line.strip()]
+    return lines[-1][:_DEFAULT_LINE_CHARS] if lines else ""
+
+
+def demo_reply(prompt: str) -> str:
+    """Demo mode's canned answer (reply rule 4): enough to show a new user text, streaming and a tool
+    round trip without a real model. Knows the gateway's prompt format (app/core/tools.py)."""
+    results = _TOOL_RESULT_RE.findall(prompt)
+    if results:
+        name, content = results[-1]
+        said = " ".join(content.split())[:_DEFAULT_LINE_CHARS]
+        return f"{DEMO_PREFIX} The tool {html.unescape(name) or 'you called'} returned: {said}"
+    offer = _TOOL_OFFER_RE.search(prompt)
+    if offer:
+        call = f"<tool_calls>\n{offer.group(1)}\n</tool_calls>"
+        return f"{DEMO_PREFIX} Calling a tool with example arguments.\n{call}"
+    return f"{DEMO_PREFIX} Streaming works. You said: {_last_line(prompt)}"
+
+
 def reply_text(prompt: str, options: Options) -> str:
     scripted = scripted_reply(prompt)
     if scripted is not None:
         text: str = scripted
     elif options.reply_b64 is not None:
         text = base64.b64decode(options.reply_b64).decode("utf-8")
+    elif options.demo:
+        text = demo_reply(prompt)
     else:
-        stripped = _DIRECTIVE_RE.sub("", _REPLY_RE.sub("", prompt))
-        lines = [line.strip() for line in stripped.splitlines() if line.strip()]
-        last = lines[-1][:_DEFAULT_LINE_CHARS] if lines else ""
-        text = _DEFAULT_REPLY_PREFIX + last
+        text = _DEFAULT_REPLY_PREFIX + _last_line(prompt)
     return text * options.repeat
 
 
