@@ -190,11 +190,16 @@ class Gateway:
         transport: str,
         app_dir: Path = ROOT,
         cpus: set[int] | None = None,
+        *,
+        name: str | None = None,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.transport = transport
+        self.name = name or f"gateway-{transport}"
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = workdir / f"gateway-{transport}.log"
+        self.address = f"127.0.0.1:{port}"
+        self.url = f"http://{self.address}"
+        self.log_path = workdir / f"{self.name}.log"
         self._log = self.log_path.open("w")
         env = base_env() | {
             "API_MASTER_KEY": MASTER_KEY,
@@ -202,6 +207,7 @@ class Gateway:
             "GPTOMNI_BASE_URL": emulator_url,
             "UPSTREAM_TRANSPORT": transport,
             "PYTHONPATH": str(app_dir),
+            **(settings or {}),
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -225,15 +231,16 @@ class Gateway:
 
 
 class Nginx:
-    """Nginx in front of the gateway: the project's nginx.conf as tests/deploy/render_nginx.py
-    renders it for loopback when both exist, else a minimal streaming proxy."""
+    """Nginx in front of the gateway (or of several replicas: `upstreams` a list of host:port): the
+    project's nginx.conf as tests/deploy/render_nginx.py renders it for loopback when both exist,
+    else a minimal streaming proxy."""
 
     MINIMAL = """
 worker_processes 1;
 events {{ worker_connections 8192; }}
 http {{
     access_log off;
-    upstream app {{ server {upstream}; keepalive 32; }}
+    upstream app {{ {servers} keepalive 32; }}
     server {{
         listen {listen};
         location / {{
@@ -248,7 +255,12 @@ http {{
 """
 
     def __init__(
-        self, workdir: Path, gateway_url: str, name: str, app_dir: Path = ROOT, cpus: set[int] | None = None
+        self,
+        workdir: Path,
+        upstreams: str | list[str],
+        name: str,
+        app_dir: Path = ROOT,
+        cpus: set[int] | None = None,
     ) -> None:
         binary = find_nginx()
         if binary is None:
@@ -257,9 +269,11 @@ http {{
         directory.mkdir()
         listen = f"127.0.0.1:{free_port()}"
         self.url = f"http://{listen}"
-        upstream = gateway_url.removeprefix("http://")
+        servers = [
+            u.removeprefix("http://") for u in ([upstreams] if isinstance(upstreams, str) else upstreams)
+        ]
         config = directory / "nginx.conf"
-        config.write_text(self._render(app_dir, upstream, listen, directory))
+        config.write_text(self._render(app_dir, servers, listen, directory))
         self.proc = subprocess.Popen(
             [binary, "-p", str(directory), "-e", "stderr", "-c", str(config), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,  # the shipped config logs every request to stdout
@@ -268,18 +282,21 @@ http {{
         )
         wait_http_ok(f"{self.url}/health", self.proc, directory / "stderr.log")
 
-    def _render(self, app_dir: Path, upstream: str, listen: str, directory: Path) -> str:
+    def _render(self, app_dir: Path, servers: list[str], listen: str, directory: Path) -> str:
         shipped = app_dir / "nginx.conf"
         renderer = ROOT / "tests" / "deploy" / "render_nginx.py"
         if shipped.exists() and renderer.exists():
             self.config = str(shipped)
-            command = [sys.executable, str(renderer), "--source", str(shipped), "--upstream", upstream]
+            command = [sys.executable, str(renderer), "--source", str(shipped)]
+            for server in servers:
+                command += ["--upstream", server]
             command += ["--listen", listen, "--runtime-dir", str(directory)]
             return subprocess.run(command, capture_output=True, text=True, check=True).stdout
         self.config = "minimal"
         temp = "".join(f"{name}_temp_path {directory / name};\n" for name in ("client_body", "proxy"))
         head = f"pid {directory / 'nginx.pid'};\n" + ("user root;\n" if os.geteuid() == 0 else "")
-        return head + self.MINIMAL.format(upstream=upstream, listen=listen).replace(
+        upstream = " ".join(f"server {server};" for server in servers)
+        return head + self.MINIMAL.format(servers=upstream, listen=listen).replace(
             "http {\n", "http {\n" + temp
         )
 

@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import json
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.procs import COOKIES, MASTER_KEY, find_nginx, raise_fd_limit, wait_http_ok, with_children
+from bench.procs import Gateway, Nginx, raise_fd_limit, with_children
 from bench.run import CHUNK_SIZE, SHORT_REPLY_PIECES, Bench, Plan, Target, git_revision, machine, scripted
-from tests.processes import ROOT, base_env, free_port
+from tests.processes import ROOT
 from tests.redis_server import RedisServer, redis_binary
 
 # The issue's target: the Redis backend's p50 at 1 client within this of the embedded backend's.
@@ -65,80 +64,6 @@ QUICK = ScalePlan(
 )
 
 
-class Replica:
-    """`python -m uvicorn main:app`, one worker, as bench/procs.py's Gateway, with extra settings."""
-
-    def __init__(self, workdir: Path, name: str, emulator_url: str, settings: dict[str, str]) -> None:
-        self.name = name
-        port = free_port()
-        self.address = f"127.0.0.1:{port}"
-        self.url = f"http://{self.address}"
-        self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("w")
-        env = base_env() | {
-            "API_MASTER_KEY": MASTER_KEY,
-            "GPTOMNI_CREDENTIALS": json.dumps(COOKIES),
-            "GPTOMNI_BASE_URL": emulator_url,
-            "UPSTREAM_TRANSPORT": "curl_cffi",
-            "LOG_LEVEL": "warning",
-            **settings,
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=workdir,
-        )
-        wait_http_ok(f"{self.url}/health", self.proc, self.log_path)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
-class FrontNginx:
-    """nginx with the project's nginx.conf (tests/deploy/render_nginx.py), one server line per replica."""
-
-    def __init__(self, workdir: Path, name: str, upstreams: list[str]) -> None:
-        binary = find_nginx()
-        if binary is None:
-            raise RuntimeError("nginx is not installed (apt-get install nginx)")
-        directory = workdir / f"nginx-{name}"
-        directory.mkdir()
-        listen = f"127.0.0.1:{free_port()}"
-        self.url = f"http://{listen}"
-        command = [sys.executable, str(ROOT / "tests" / "deploy" / "render_nginx.py"), "--listen", listen]
-        command += ["--runtime-dir", str(directory)]
-        for upstream in upstreams:
-            command += ["--upstream", upstream]
-        config = directory / "nginx.conf"
-        config.write_text(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-        self._err = (directory / "stderr.log").open("w")
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(directory), "-e", "stderr", "-c", str(config), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,  # the shipped config logs every request to stdout
-            stderr=self._err,
-        )
-        wait_http_ok(f"{self.url}/health", self.proc, directory / "stderr.log")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._err.close()
-
-
 def _settings(plan: ScalePlan, redis: RedisServer | None) -> dict[str, str]:
     settings = dict(LIMITS) if plan.limits else {}
     if redis is not None:
@@ -146,9 +71,11 @@ def _settings(plan: ScalePlan, redis: RedisServer | None) -> dict[str, str]:
     return settings
 
 
-def _log_problems(replica: Replica) -> int:
-    text = replica.log_path.read_text(errors="replace")
-    return sum(1 for line in text.splitlines() if " ERROR " in line or line.startswith("Traceback"))
+def start_replica(workdir: Path, name: str, emulator_url: str, settings: dict[str, str]) -> Gateway:
+    """One gateway process (bench/procs.py's), with the scale run's settings."""
+    return Gateway(
+        workdir, emulator_url, "curl_cffi", name=name, settings={"LOG_LEVEL": "warning", **settings}
+    )
 
 
 class Scale:
@@ -162,7 +89,7 @@ class Scale:
         self.redis.stop()
         self.bench.close()
 
-    def _pids(self, replicas: list[Replica], nginx: FrontNginx | None = None) -> dict[str, list[int]]:
+    def _pids(self, replicas: list[Gateway], nginx: Nginx | None = None) -> dict[str, list[int]]:
         pids = {
             "emulator": [self.bench.emulator.proc.pid],
             "loadgen": self.bench.workers.pids,
@@ -190,8 +117,12 @@ class Scale:
 
     def latency(self) -> dict[str, Any]:
         """Added latency of the Redis backend over the embedded one, at one client."""
-        embedded = Replica(self.workdir, "embedded", self.bench.emulator.url, _settings(self.plan, None))
-        redis = Replica(self.workdir, "redis", self.bench.emulator.url, _settings(self.plan, self.redis))
+        embedded = start_replica(
+            self.workdir, "embedded", self.bench.emulator.url, _settings(self.plan, None)
+        )
+        redis = start_replica(
+            self.workdir, "redis", self.bench.emulator.url, _settings(self.plan, self.redis)
+        )
         try:
             targets = [
                 Target("direct", self.bench.emulator.url, direct=True),
@@ -224,18 +155,18 @@ class Scale:
                     else difference["p50"] <= REDIS_OVER_EMBEDDED_P50_MS,
                     "cpu": measured["cpu"],
                 }
-            figures["log_problems"] = _log_problems(embedded) + _log_problems(redis)
+            figures["log_problems"] = embedded.log_problems() + redis.log_problems()
             figures["redis_keys"] = self.redis.command("DBSIZE")  # > 0: REDIS_URL was in effect
             return figures
         finally:
             embedded.stop()
             redis.stop()
 
-    def _through_nginx(self, name: str, fronted: list[Replica]) -> dict[str, Any]:
+    def _through_nginx(self, name: str, fronted: list[Gateway]) -> dict[str, Any]:
         """The throughput loads through nginx in front of `fronted`."""
         plan = self.plan
         complete = scripted(SHORT_REPLY_PIECES, delay=0, chunk_size=CHUNK_SIZE)
-        nginx = FrontNginx(self.workdir, name, [r.address for r in fronted])
+        nginx = Nginx(self.workdir, [r.address for r in fronted], name)
         try:
             target = Target(name, nginx.url, direct=False)
             pids = self._pids(fronted, nginx)
@@ -255,15 +186,16 @@ class Scale:
         plan = self.plan
         emulator_url = self.bench.emulator.url
         results: dict[str, Any] = {}
-        embedded = Replica(self.workdir, "replica-embedded", emulator_url, _settings(plan, None))
+        embedded = start_replica(self.workdir, "replica-embedded", emulator_url, _settings(plan, None))
         try:
             results["embedded"] = self._through_nginx("embedded", [embedded])
-            problems = _log_problems(embedded)
+            problems = embedded.log_problems()
         finally:
             embedded.stop()
         settings = _settings(plan, self.redis)
         replicas = [
-            Replica(self.workdir, f"replica-{i + 1}", emulator_url, settings) for i in range(plan.replicas)
+            start_replica(self.workdir, f"replica-{i + 1}", emulator_url, settings)
+            for i in range(plan.replicas)
         ]
         try:
             for count in (1, plan.replicas):
@@ -274,7 +206,7 @@ class Scale:
                 )
                 for kind in ("complete", "stream")
             }
-            results["log_problems"] = problems + sum(_log_problems(r) for r in replicas)
+            results["log_problems"] = problems + sum(r.log_problems() for r in replicas)
             return results
         finally:
             for replica in replicas:

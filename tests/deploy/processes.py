@@ -73,7 +73,8 @@ class Nginx:
         _wait_http(f"{self.url}/_never_proxied_probe", self.proc, self.log_path, "nginx")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
@@ -88,25 +89,43 @@ class Nginx:
 
 
 class MainProcess:
-    """`python main.py`, as the Dockerfile runs it: HOST, PORT, WORKERS from the environment."""
+    """`python main.py [args]`, as the Dockerfile runs it: HOST, PORT, WORKERS from the environment.
 
-    def __init__(self, workdir: Path, settings: dict[str, str], *, name: str = "main") -> None:
+    `host=None` leaves HOST unset (demo mode picks its own); `wait=False` returns before it serves
+    (`wait_ready()` then, or `proc.wait()` for a start that must fail)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        settings: dict[str, str],
+        *,
+        name: str = "main",
+        args: tuple[str, ...] = (),
+        host: str | None = "127.0.0.1",
+        wait: bool = True,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}-{self.port}.log"
         self._log = self.log_path.open("wb")
-        env = base_env() | settings | {"HOST": "127.0.0.1", "PORT": str(self.port)}
+        env = base_env() | settings | {"PORT": str(self.port)} | ({"HOST": host} if host is not None else {})
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py")],
+            [sys.executable, str(ROOT / "main.py"), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=workdir,
         )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> MainProcess:
         _wait_http(f"{self.url}/health", self.proc, self.log_path, "python main.py")
+        return self
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:

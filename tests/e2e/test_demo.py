@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,8 @@ import pytest
 
 from app.credentials.store import CredentialStore, StoreData
 from app.demo.mode import DEMO_ADMIN_KEY, DEMO_API_KEY
-from tests.conftest import MASTER_KEY, ROOT, Emulator, base_env, free_port
+from tests.conftest import MASTER_KEY, Emulator
+from tests.deploy.processes import MainProcess
 
 WEATHER_TOOL = {
     "type": "function",
@@ -33,53 +31,13 @@ WEATHER_TOOL = {
 BANNER = re.compile(r"WARNING gptomni2api: DEMO MODE: .*emulator at (http://127\.0\.0\.1:\d+)")
 
 
-class MainRun:
-    """`python main.py <args>` from a clean directory, PORT free, HOST and DEMO unset unless given."""
+def main_run(workdir: Path, args: list[str], env: dict[str, str], *, name: str) -> MainProcess:
+    """`python main.py <args>` from a clean directory, PORT free, HOST unset unless given."""
+    return MainProcess(workdir, env, name=name, args=tuple(args), host=env.get("HOST"), wait=False)
 
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str], *, name: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{name}-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        full = {k: v for k, v in base_env().items() if k not in ("HOST", "DEMO", "WORKERS")}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=full | env | {"PORT": str(self.port)},
-            cwd=workdir,
-        )
 
-    def wait_ready(self) -> MainRun:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"main.py exited with {self.proc.returncode}: {self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise AssertionError(f"main.py did not start: {self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-    def openai(self, api_key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=30.0)
+def openai_client(run: MainProcess, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{run.url}/v1", api_key=api_key, max_retries=0, timeout=30.0)
 
 
 def emulators_in(log: str) -> list[str]:
@@ -93,13 +51,13 @@ def assert_gone(url: str) -> None:
 
 
 def test_demo_flag_answers_streams_calls_tools_opens_the_console_and_says_canned(tmp_path: Path) -> None:
-    run = MainRun(tmp_path, ["--demo"], {}, name="demo").wait_ready()
+    run = main_run(tmp_path, ["--demo"], {}, name="demo").wait_ready()
     try:
         log = run.log()
         assert len(emulators_in(log)) == 1, log
         assert "canned" in log and DEMO_API_KEY in log and DEMO_ADMIN_KEY in log  # how to try it
         assert f"Uvicorn running on http://127.0.0.1:{run.port}" in log  # loopback unless HOST is set
-        client = run.openai(DEMO_API_KEY)
+        client = openai_client(run, DEMO_API_KEY)
 
         models = client.models.list().data
         assert models and all("canned" in model.owned_by for model in models)
@@ -151,14 +109,14 @@ def test_demo_flag_answers_streams_calls_tools_opens_the_console_and_says_canned
 
 
 def test_demo_env_with_workers_gives_each_worker_its_emulator_and_stops_them_all(tmp_path: Path) -> None:
-    run = MainRun(tmp_path, [], {"DEMO": "true", "WORKERS": "2"}, name="demo-workers").wait_ready()
+    run = main_run(tmp_path, [], {"DEMO": "true", "WORKERS": "2"}, name="demo-workers").wait_ready()
     try:
         deadline = time.monotonic() + 20
         while len(emulators_in(run.log())) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         urls = emulators_in(run.log())
         assert len(set(urls)) == 2, run.log()
-        client = run.openai(DEMO_API_KEY)
+        client = openai_client(run, DEMO_API_KEY)
         for _ in range(4):
             answer = client.chat.completions.create(
                 model="gptomni", messages=[{"role": "user", "content": "hi"}]
@@ -183,9 +141,9 @@ def test_a_configured_credential_ignores_demo_loudly_and_uses_the_real_upstream(
         path = tmp_path / "creds.json"
         CredentialStore(path).save(StoreData([{"cookie": cookie, "state": "active", "changed_at": 1.0}]))
         env["CREDENTIALS_FILE"] = str(path)
-    run = MainRun(tmp_path, ["--demo"], env, name="demo-ignored").wait_ready()
+    run = main_run(tmp_path, ["--demo"], env, name="demo-ignored").wait_ready()
     try:
-        client = run.openai(MASTER_KEY)
+        client = openai_client(run, MASTER_KEY)
         assert [model.owned_by for model in client.models.list().data] == ["gptomni"]
         answer = client.chat.completions.create(model="gptomni", messages=[{"role": "user", "content": "hi"}])
         assert (answer.choices[0].message.content or "").startswith("Hello from the gptomni emulator")
@@ -199,7 +157,7 @@ def test_a_configured_credential_ignores_demo_loudly_and_uses_the_real_upstream(
 
 def test_ignored_demo_without_a_key_refuses_to_start_clearly(tmp_path: Path) -> None:
     env = {"GPTOMNI_CREDENTIALS": json.dumps(["session=demo-refused-cookie-0001"])}
-    run = MainRun(tmp_path, ["--demo"], env, name="demo-refused")
+    run = main_run(tmp_path, ["--demo"], env, name="demo-refused")
     assert run.proc.wait(30) == 2
     log = run.log()
     assert "ignored" in log and "API_MASTER_KEY" in log
@@ -207,13 +165,13 @@ def test_ignored_demo_without_a_key_refuses_to_start_clearly(tmp_path: Path) -> 
 
 
 def test_an_unknown_argument_is_a_usage_error(tmp_path: Path) -> None:
-    run = MainRun(tmp_path, ["--dmeo"], {"API_MASTER_KEY": MASTER_KEY}, name="bad-arg")
+    run = main_run(tmp_path, ["--dmeo"], {"API_MASTER_KEY": MASTER_KEY}, name="bad-arg")
     assert run.proc.wait(30) == 2
     assert "usage: python main.py [-h] [--demo]" in run.log()
 
 
 def test_without_demo_and_without_a_cookie_the_503_names_both_ways_forward(tmp_path: Path) -> None:
-    run = MainRun(tmp_path, [], {"API_MASTER_KEY": MASTER_KEY, "HOST": "127.0.0.1"}, name="no-cookie")
+    run = main_run(tmp_path, [], {"API_MASTER_KEY": MASTER_KEY, "HOST": "127.0.0.1"}, name="no-cookie")
     run.wait_ready()
     try:
         response = httpx.post(
