@@ -443,9 +443,14 @@ class CredentialPool:
         admitted, or seconds to wait (then the local use taken is given back)."""
         if self.shared is None:
             return None
-        refusal = await self.shared.take(
-            "cred", credential.id, rate=self.policy.rate, cap=self.policy.max_in_flight
-        )
+        try:
+            refusal = await self.shared.take(
+                "cred", credential.id, rate=self.policy.rate, cap=self.policy.max_in_flight
+            )
+        except BaseException:  # cancelled (the client left) while Redis answered: the use is not taken
+            credential.in_flight = max(0, credential.in_flight - 1)
+            self._released.set()
+            raise
         if refusal is None:
             return None
         credential.in_flight = max(0, credential.in_flight - 1)

@@ -622,9 +622,16 @@ class KeyRegistry:
         admission = self.admit(key, model)
         if self.shared is None:
             return admission
-        refusal = await self.shared.take(
-            "key", key.id, rate=(key.rpm, WINDOW) if key.rpm is not None else None, cap=key.max_streams or 0
-        )
+        try:
+            refusal = await self.shared.take(
+                "key",
+                key.id,
+                rate=(key.rpm, WINDOW) if key.rpm is not None else None,
+                cap=key.max_streams or 0,
+            )
+        except BaseException:  # cancelled while Redis answered: the request was never admitted
+            admission.withdraw()
+            raise
         if refusal is None:
             return admission
         admission.withdraw()

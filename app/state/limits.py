@@ -101,17 +101,24 @@ class RedisLimits:
         self.link = link
         self.lease_ms = max(1, round(lease_seconds * 1000))
         self.held: dict[str, list[str]] = {}  # lease set -> the leases this process holds in it
+        # lease set -> requests admitted without a lease (Redis was away) and still running: their
+        # ends must not give back a lease that a request admitted with one still holds.
+        self.unleased: dict[str, int] = {}
         self._take = link.aio.register_script(TAKE)
         self._renew = link.aio.register_script(RENEW)
         self._releases: set[asyncio.Task[None]] = set()
 
     async def take(self, scope: str, id_: str, *, rate: tuple[int, float] | None, cap: int) -> Refusal | None:
-        if (rate is None and cap <= 0) or self.link.degraded:
+        if rate is None and cap <= 0:
+            return None
+        if self.link.degraded:
+            self._unleased(scope, id_, cap)
             return None
         if self._releases:
             # This process's ended requests free their slots before it asks for one (else a client
             # that sends its next request as the last one ends could be refused for its own slot).
-            await asyncio.gather(*self._releases, return_exceptions=True)
+            # (asyncio.wait: a cancelled request must not cancel the other requests' releases.)
+            await asyncio.wait(set(self._releases))
         member = uuid.uuid4().hex
         window_ms, limit = (round(rate[1] * 1000), rate[0]) if rate is not None else (0, 0)
         leases = lease_key(scope, id_)
@@ -123,6 +130,7 @@ class RedisLimits:
         except FAILURES as exc:
             raise_if_cancelled()
             self.link.failed(exc)
+            self._unleased(scope, id_, cap)
             return None  # per-replica limits only, until Redis is back
         if not admitted:
             return Refusal(int(wait_ms) / 1000, kind.decode() if isinstance(kind, bytes) else str(kind))
@@ -130,11 +138,23 @@ class RedisLimits:
             self.held.setdefault(leases, []).append(member)
         return None
 
+    def _unleased(self, scope: str, id_: str, cap: int) -> None:
+        if cap > 0:
+            leases = lease_key(scope, id_)
+            self.unleased[leases] = self.unleased.get(leases, 0) + 1
+
     def release(self, scope: str, id_: str) -> None:
         leases = lease_key(scope, id_)
+        unleased = self.unleased.get(leases, 0)
+        if unleased:  # one of the requests admitted without a lease ended
+            if unleased == 1:
+                del self.unleased[leases]
+            else:
+                self.unleased[leases] = unleased - 1
+            return
         held = self.held.get(leases)
         if not held:
-            return  # admitted while degraded: no lease was taken
+            return
         member = held.pop()
         if not held:
             del self.held[leases]

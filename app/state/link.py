@@ -60,6 +60,9 @@ def validate_redis_url(url: str) -> str:
         raise ValueError("names no host (redis://[:password@]host:port/db)")
     if port is not None and not 0 < port < 65536:
         raise ValueError("has a port out of range")
+    if parts.query or parts.fragment:
+        # redis-py would take `?password=...` from here, which no message could mask: not accepted.
+        raise ValueError("must not have a query string; put the password before the host")
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ValueError("the path must be a database number, e.g. /0")
@@ -96,20 +99,19 @@ class RedisLink:
         self.display = redis_display(url)
         register_secret(redis_password(url))
         # One retry, on a new connection, for a connection the server closed (a Redis that restarted
-        # leaves the pools full of them); a Redis that is down fails the retry at once too.
+        # leaves the pools full of them); a Redis that is down fails the retry at once too. Never on
+        # a time-out: the command may have run (an increment must not count twice).
         self.sync: redis.Redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=SyncRetry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
+            retry=SyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.aio: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=AsyncRetry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
+            retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.degraded = False
         self.on_degraded: list[Callable[[], None]] = []
@@ -156,12 +158,11 @@ class RedisLink:
             await asyncio.sleep(WATCH_INTERVAL if self.degraded else HEALTH_INTERVAL)
             try:
                 await self.aio.ping()
+                if self.degraded:
+                    await self._recovered()
             except Exception as exc:  # any failure to answer (a torn connection too) is Redis away
                 raise_if_cancelled()
                 self.failed(exc)
-                continue
-            if self.degraded:
-                await self._recovered()
 
     async def aclose(self) -> None:
         await self.aio.aclose()

@@ -21,7 +21,9 @@ from pathlib import Path
 from redis.exceptions import WatchError
 
 from app.credentials.store import CredentialStore, StoreData, StoreError, encode_store, merge, parse_store
+from app.keys.registry import KeyUsage
 from app.state.link import FAILURES, PREFIX, RedisLink, describe
+from app.state.usage import to_fields, usage_key
 
 log = logging.getLogger("gptomni2api.state")
 
@@ -127,5 +129,12 @@ class RedisStore:
         if data is None:
             return None
         self.save(data)
-        self.link.sync.set(IMPORTED, f"{path} at {time.time():.0f}")
+        # The keys' usage so far starts the sums every replica adds to (app/state/usage.py).
+        with self.link.sync.pipeline(transaction=True) as pipe:
+            for record in data.keys:
+                usage = KeyUsage.from_record(record.get("usage", {}))
+                for name, count in to_fields(usage).items():
+                    pipe.hsetnx(usage_key(str(record["id"])), name, count)
+            pipe.set(IMPORTED, f"{path} at {time.time():.0f}")
+            pipe.execute()
         return len(data.credentials)

@@ -350,3 +350,72 @@ async def test_redis_imports_the_credentials_file_once(redis_url: str, tmp_path:
         assert ids(again) == set()  # imported once: the removal in Redis stands
     finally:
         await again.stop()
+
+
+async def test_redis_a_request_admitted_while_degraded_gives_back_no_other_requests_lease(
+    redis_url: str,
+) -> None:
+    policy = PoolPolicy(max_in_flight=2)
+    a, b = open_redis(redis_url, [COOKIE_A], policy), open_redis(redis_url, [COOKIE_A], policy)
+    try:
+        assert a.link is not None
+        a.link.degraded = True  # Redis away: admitted on this replica's own count, without a lease
+        unleased = await a.keeper.pool.acquire_wait(set(), 0)
+        a.link.degraded = False
+        leased = await a.keeper.pool.acquire_wait(set(), 0)
+        assert unleased is not None and leased is not None
+        a.keeper.pool.release(unleased)  # its end must not give back `leased`'s slot
+        await asyncio.sleep(0.1)
+        b.keeper.pool.release(await b.keeper.pool.acquire_wait(set(), 0))  # type: ignore[arg-type]
+        held = await b.keeper.pool.acquire_wait(set(), 0)
+        with pytest.raises(PoolSaturated):  # a's leased request and this one: the cap of 2
+            await b.keeper.pool.acquire_wait(set(), 0)
+        b.keeper.pool.release(held)  # type: ignore[arg-type]
+        a.keeper.pool.release(leased)
+    finally:
+        await closing(a, b)
+
+
+async def test_redis_a_request_cancelled_while_redis_answers_takes_no_slot(redis_url: str) -> None:
+    state = open_redis(redis_url, [COOKIE_A], PoolPolicy(max_in_flight=1))
+    try:
+        assert state.limits is not None
+        pool = state.keeper.pool
+        gate = asyncio.Event()
+        take = state.limits.take
+
+        async def slow_take(*args: Any, **kwargs: Any) -> Any:
+            await gate.wait()  # Redis is slow to answer; the client leaves meanwhile
+            return await take(*args, **kwargs)
+
+        state.limits.take = slow_take  # type: ignore[method-assign]
+        waiting = asyncio.create_task(pool.acquire_wait(set(), 1))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        state.limits.take = take  # type: ignore[method-assign]
+        assert pool.credentials[0].in_flight == 0
+        pool.release(await pool.acquire_wait(set(), 0))  # type: ignore[arg-type]
+    finally:
+        await state.stop()
+
+
+async def test_redis_a_usage_batch_counts_once_however_often_it_is_sent(redis_url: str) -> None:
+    state = open_redis(redis_url)
+    try:
+        keys, usage = state.keeper.keys, state.usage
+        assert isinstance(keys, KeyRegistry) and usage is not None and state.link is not None
+        key, _ = keys.create("once")
+        await usage.sync()
+        for _ in range(3):
+            keys.admit(key, "m").release()
+        batch = usage._batch()
+        usage.pending = batch
+        await usage.sync()
+        usage.pending = batch  # its reply was lost (a time-out): the same batch is sent again
+        await usage.sync()
+        assert key.usage.requests == 3
+        assert await state.link.aio.hget(f"gptomni2api:usage:{key.id}", "requests") == b"3"
+    finally:
+        await state.stop()

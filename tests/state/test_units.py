@@ -33,6 +33,7 @@ def test_valid_redis_urls(url: str) -> None:
         ("redis://", "no host"),
         ("redis://redis:99999", "port"),
         ("redis://redis:6379/zero", "database number"),
+        ("redis://redis:6379/0?password=hunter2", "query string"),  # redis-py would read it, unmasked
     ],
 )
 def test_invalid_redis_urls_say_why(url: str, why: str) -> None:
