@@ -261,7 +261,18 @@ async def probe_credential(
 @router.get("/export")
 async def export_pool(request: Request) -> Response:
     """The whole pool and the client keys (hashes), cookies included, in the credentials file's
-    format: a backup, and a `CREDENTIALS_FILE` to start from (import into Redis, or embedded)."""
+    format: a backup, and a `CREDENTIALS_FILE` to start from (import into Redis, or embedded).
+
+    Only with the admin key itself, never with a console session: a cookie value never reaches the
+    browser, and a stolen session must not be a way to read them all."""
+    if getattr(request.state, "console_session", None) is not None:
+        raise GatewayError(
+            403,
+            "The export holds every cookie: it needs the admin key itself (Authorization: Bearer "
+            "<ADMIN_KEY>), not a console session.",
+            type="permission_error",
+            code="admin_key_required",
+        )
     data = await request.app.state.backend.export()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Response(

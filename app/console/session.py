@@ -52,6 +52,10 @@ def issue_session(
     return token, session
 
 
+# Seconds a replica's clock may be behind the one that signed a session (a lowered TTL still bites).
+CLOCK_SKEW = 60
+
+
 def verify_session(
     admin_key: str, token: str | None, now: float, max_ttl: float | None = None
 ) -> ConsoleSession | None:
@@ -63,7 +67,7 @@ def verify_session(
     session_id, expires_at, mac = match.group(1), int(match.group(2)), match.group(3)
     if not hmac.compare_digest(mac.encode(), _mac(admin_key, session_id, expires_at).encode()):
         return None
-    if expires_at <= now or (max_ttl is not None and expires_at > now + max_ttl + 1):
+    if expires_at <= now or (max_ttl is not None and expires_at > now + max_ttl + CLOCK_SKEW):
         return None
     return ConsoleSession(session_id, expires_at)
 

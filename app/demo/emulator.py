@@ -985,10 +985,17 @@ class Emulator:
     """The emulator server; `start()` binds, `close()` stops it and drops every connection."""
 
     def __init__(
-        self, chunk_delay: float = DEFAULT_CHUNK_DELAY, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        chunk_delay: float = DEFAULT_CHUNK_DELAY,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        *,
+        locked: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        # Locked (demo mode, reachable by anyone with the public demo key): only the demo answers.
+        # Prompts, cookies and faults cannot steer it, nothing is scripted, and /_emu/* is not there.
+        self.locked = locked
         self.chunk_delay = chunk_delay
         self.chunk_size = chunk_size
         self.stats = Stats()
@@ -1072,6 +1079,9 @@ class Emulator:
         route = (request.method, request.path)
         if route == ("GET", SESSION_PATH):
             await self._session(conn, request)
+        elif self.locked:
+            body = {"error": "not found", "method": request.method, "path": request.path}
+            await conn.send(_json_response(404, body, request.keep_alive))
         elif route == ("GET", "/_emu/health"):
             await conn.send(_json_response(200, {"ok": True}, request.keep_alive))
         elif route == ("GET", "/_emu/stats"):
@@ -1141,7 +1151,10 @@ class Emulator:
             raise exc
 
     def _options(self, raw: dict[str, str], cookie: str) -> Options:
-        """Typed options: `raw` (prompt and cookie options), then the faults whose match is in the cookie."""
+        """Typed options: `raw` (prompt and cookie options), then the faults whose match is in the cookie.
+        Locked: the demo answer's options only."""
+        if self.locked:
+            return parse_options({"demo": "1"}, self.chunk_size, self.chunk_delay)
         for match, fault in self.faults.items():
             if match in cookie:
                 raw |= fault
@@ -1170,7 +1183,7 @@ class Emulator:
             return
         try:
             options = self._options(prompt_options(prompt) | cookie_options(cookie), cookie)
-            reply = reply_text(prompt, options)
+            reply = demo_reply(prompt) if self.locked else reply_text(prompt, options)
         except ValueError as exc:
             body = {"error": "bad emu option", "detail": str(exc)}
             await send(400, _json_response(400, body, keep_alive))
@@ -1186,7 +1199,7 @@ class Emulator:
             await asyncio.sleep(options.first_byte_delay)
         if not signed_in:
             await send(401, _json_response(401, {"error": "Unauthorized"}, keep_alive, extra))
-        elif options.poison or is_poisoned(prompt):
+        elif options.poison or (is_poisoned(prompt) and not self.locked):
             await send(500, _full_response(500, _error_page(500), "text/html", keep_alive, extra))
         elif options.waf:
             await send(403, self._waf_response(keep_alive, extra))

@@ -11,6 +11,7 @@ configured, the request is ignored (the real upstream is used) and the keys must
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,23 @@ def plan_demo(settings: Settings, stored: int) -> DemoPlan:
         update["admin_key"] = SecretStr(DEMO_ADMIN_KEY)
     if "host" not in settings.model_fields_set:
         update["host"] = DEMO_HOST
+    elif not is_loopback(settings.host) and {"api_master_key", "admin_key"} & update.keys():
+        # The demo keys are public: with them, the gateway must not be reachable from the network
+        # (the Docker image sets HOST=0.0.0.0; the console could export a cookie pasted meanwhile).
+        raise ConfigError(
+            f"demo mode with the public demo keys listens on loopback only, not HOST={settings.host}: "
+            "set API_MASTER_KEY and ADMIN_KEY of your own to run the demo on the network"
+        )
     return DemoPlan(settings.model_copy(update=update), active=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def demo_banner(settings: Settings, upstream_url: str) -> str:

@@ -13,7 +13,9 @@ DEMO_CHUNK_DELAY = 0.03
 
 class DemoUpstream:
     def __init__(self) -> None:
-        self._emulator = Emulator(chunk_delay=DEMO_CHUNK_DELAY, chunk_size=DEMO_CHUNK_SIZE)
+        # Locked: anyone with the public demo key reaches it through the gateway; no prompt, cookie
+        # or loopback call may steer it (faults, scripted replies, huge repeats, Set-Cookie lines).
+        self._emulator = Emulator(chunk_delay=DEMO_CHUNK_DELAY, chunk_size=DEMO_CHUNK_SIZE, locked=True)
 
     async def start(self) -> str:
         """Listen on 127.0.0.1 (a free port); returns the base URL to send upstream requests to."""

@@ -202,6 +202,17 @@ def test_the_session_opens_the_admin_api_and_the_key_still_does(gateway: Gateway
     assert wrong.status_code == 401
 
 
+def test_the_export_of_every_cookie_needs_the_admin_key_not_a_session(gateway: Gateway) -> None:
+    refused = Session(gateway).call("GET", "/admin/export")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "admin_key_required"
+    assert COOKIE not in refused.text
+    exported = httpx.get(
+        f"{gateway.url}/admin/export", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+    )
+    assert exported.status_code == 200 and COOKIE in exported.text  # the backup itself works with the key
+
+
 def test_the_session_expires(workdir: Path, emulator: Emulator) -> None:
     gw = Gateway(
         workdir, gateway_settings(emulator, [COOKIE], ADMIN_KEY=ADMIN, CONSOLE_SESSION_TTL="1"), name="ttl"

@@ -37,6 +37,11 @@ def test_a_session_longer_than_the_current_ttl_is_refused() -> None:
     assert verify_session(KEY, token, NOW + 3540, max_ttl=60) == session
 
 
+def test_a_replica_whose_clock_is_behind_accepts_a_fresh_session() -> None:
+    token, session = issue_session(KEY, NOW, 60)
+    assert verify_session(KEY, token, NOW - 30, max_ttl=60) == session  # 30 s behind the signer
+
+
 def test_each_session_is_new() -> None:
     first, a = issue_session(KEY, NOW, 60)
     second, b = issue_session(KEY, NOW, 60)

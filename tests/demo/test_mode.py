@@ -182,3 +182,16 @@ def test_stored_credentials_refuses_a_corrupt_file_without_the_cookie(tmp_path: 
     with pytest.raises(StoreError) as info:
         stored_credentials(str(path))
     assert COOKIE not in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_public_demo_keys_never_listen_on_the_network(host: str) -> None:
+    with pytest.raises(ConfigError, match="loopback only"):
+        plan_demo(settings(demo=True, host=host), stored=0)
+    with pytest.raises(ConfigError, match="loopback only"):  # one public key is enough to refuse
+        plan_demo(settings(demo=True, api_master_key=USER_KEY, host=host), stored=0)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_public_demo_keys_on_a_loopback_host_are_fine(host: str) -> None:
+    assert plan_demo(settings(demo=True, host=host), stored=0).settings.host == host
