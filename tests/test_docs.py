@@ -67,4 +67,6 @@ def test_readme_start_command_is_the_one_tested() -> None:
     match = re.search(r"\*\*Start the service\*\*.*?```bash\n(.+?)\n```", README, re.DOTALL)
     assert match
     # The first of the quick start's two commands; tests/e2e/test_quickstart.py runs it as written.
-    assert match.group(1).strip() == "python3 -m pip install -r requirements.txt && python3 main.py --demo"
+    first = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python main.py"
+    first += " --demo"
+    assert match.group(1).strip() == first
