@@ -27,11 +27,13 @@ from app.credentials.keeper import PoolKeeper
 from app.credentials.pool import CredentialPool
 from app.credentials.store import CredentialStore, StoreData, StoreError, merge, pool_data
 from app.keys.registry import KeyRegistry
+from app.state.counters import SharedCounters
 from app.state.limits import RedisLimits
 from app.state.link import FAILURES, RedisLink, describe, raise_if_cancelled
+from app.state.pool_counts import CredentialCountsSource
 from app.state.responses import RedisResponseStore
 from app.state.store import CHANNEL, RedisStore
-from app.state.usage import SharedUsage
+from app.state.usage import KeyUsageSource
 from app.surfaces.openai_responses.store import MemoryResponseStore, ResponseStore
 
 log = logging.getLogger("gptomni2api.state")
@@ -44,7 +46,8 @@ class State:
     responses: ResponseStore
     link: RedisLink | None = None
     limits: RedisLimits | None = None
-    usage: SharedUsage | None = None
+    usage: SharedCounters | None = None  # client keys' usage, summed over the replicas
+    counts: SharedCounters | None = None  # credentials' successes and failures, summed
     store: RedisStore | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -91,8 +94,9 @@ class State:
             jobs.append(self._listen())
             if self.limits is not None:
                 jobs.append(self.limits.renew_forever())
-            if self.usage is not None:
-                jobs.append(self.usage.sync_forever())
+            for counters in (self.usage, self.counts):
+                if counters is not None:
+                    jobs.append(counters.sync_forever())
         self._tasks = [asyncio.create_task(job) for job in jobs]
 
     async def stop(self) -> None:
@@ -101,8 +105,9 @@ class State:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self.usage is not None:
-            await self.usage.sync()  # the last counts
+        for counters in (self.usage, self.counts):
+            if counters is not None:
+                await counters.sync()  # the last counts
         await asyncio.to_thread(self.keeper.save)
         if self.link is not None:
             await self.link.aclose()
@@ -191,4 +196,6 @@ def build_state(settings: Settings, pool: CredentialPool, keys: KeyRegistry) -> 
     pool.shared = limits
     keys.shared = limits
     responses = RedisResponseStore(link, settings.responses_ttl, memory)
-    return State("redis", keeper, responses, link, limits, SharedUsage(link, keys), store)
+    usage = SharedCounters(link, KeyUsageSource(keys))
+    counts = SharedCounters(link, CredentialCountsSource(pool))
+    return State("redis", keeper, responses, link, limits, usage, counts, store)

@@ -419,3 +419,21 @@ async def test_redis_a_usage_batch_counts_once_however_often_it_is_sent(redis_ur
         assert await state.link.aio.hget(f"gptomni2api:usage:{key.id}", "requests") == b"3"
     finally:
         await state.stop()
+
+
+async def test_redis_credential_successes_and_failures_are_summed_across_replicas(redis_url: str) -> None:
+    a, b = open_redis(redis_url, [COOKIE_A]), open_redis(redis_url, [COOKIE_A])
+    try:
+        assert a.counts is not None and b.counts is not None
+        on_a, on_b = a.keeper.pool.credentials[0], b.keeper.pool.credentials[0]
+        for _ in range(3):
+            a.keeper.pool.record(on_a, None)
+        b.keeper.pool.record(on_b, None)
+        b.keeper.pool.record(on_b, UpstreamFailure(FailureKind.TIMEOUT, "slow"))
+        await a.counts.sync()
+        await b.counts.sync()
+        await a.counts.sync()
+        for credential in (on_a, on_b):  # whichever replica the console asks, the same numbers
+            assert (credential.successes, credential.failures) == (4, {"timeout": 1})
+    finally:
+        await closing(a, b)

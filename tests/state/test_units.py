@@ -9,8 +9,9 @@ import pytest
 from app.api.health_routes import readiness
 from app.config import ConfigError, load_settings
 from app.keys.registry import KeyUsage
+from app.state.counters import minus
 from app.state.link import redis_display, redis_password, validate_redis_url
-from app.state.usage import from_fields, minus, plus, to_fields
+from app.state.usage import from_fields, plus, to_fields
 
 
 @pytest.mark.parametrize(
