@@ -31,12 +31,11 @@ from app.console.session import (
     is_https,
     issue_session,
     session_cookie,
-    verify_session,
 )
 from app.core.errors import GatewayError, invalid_request
 from app.core.events import Completion, Event
 from app.http.body import read_body
-from app.http.deps import AdminKey, ChatServiceDep, SettingsDep, keys_match
+from app.http.deps import AdminKey, ChatServiceDep, SettingsDep, keys_match, live_session
 from app.http.respond import json_response, respond
 from app.observability.traffic import TrafficBuffer
 from app.surfaces.openai_chat.decode import decode
@@ -162,9 +161,7 @@ async def current_session(request: Request, settings: SettingsDep) -> Response:
     only, so a reload asks here). Not signed in is a 200 too: the page asks this on every load, and
     the answer holds nothing until the cookie is good."""
     admin_key = console_on(settings)
-    session = verify_session(
-        admin_key, request.cookies.get(COOKIE_NAME), time.time(), settings.console_session_ttl
-    )
+    session = await live_session(request, settings, request.cookies.get(COOKIE_NAME))
     if session is None:
         return no_store(json_response({"signed_in": False}))
     return no_store(json_response(session_view(admin_key, session, settings)))
@@ -172,6 +169,11 @@ async def current_session(request: Request, settings: SettingsDep) -> Response:
 
 @router.delete("/session", dependencies=[AdminKey])
 async def sign_out(request: Request) -> Response:
+    """Sign out: the cookie is cleared, and the session refused from now on by every replica (a copy
+    of the cookie included) until it would have expired."""
+    session: ConsoleSession | None = getattr(request.state, "console_session", None)
+    if session is not None:
+        await request.app.state.backend.revoke_session(session.id, session.expires_at)
     secure = is_https(request.url.scheme, request.headers.get("x-forwarded-proto"))
     response = json_response({"signed_out": True})
     response.headers["Set-Cookie"] = cleared_cookie(secure=secure)

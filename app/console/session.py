@@ -4,7 +4,8 @@ Any replica behind the proxy can check a session, because the signing keys are d
 ADMIN_KEY alone; changing ADMIN_KEY ends every session. A token is `v1.<id>.<expiry>.<mac>`: a random
 id, the expiry in epoch seconds, and an HMAC-SHA256 over both. The CSRF token is an HMAC of the id
 under a second derived key, so it cannot be forged from the cookie's value nor the other way round.
-Signing out clears the cookie; a copied token stays good until its expiry (no server state).
+Signing out is the one piece of state: the session's id is refused until its expiry, through the state
+backend (app/state/backend.py: Redis for every replica, else this process; app/http/deps.py checks).
 """
 
 from __future__ import annotations

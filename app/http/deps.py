@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
-from app.console.session import COOKIE_NAME, CSRF_HEADER, csrf_valid, verify_session
+from app.console.session import COOKIE_NAME, CSRF_HEADER, ConsoleSession, csrf_valid, verify_session
 from app.core.errors import GatewayError
 from app.core.service import ChatService
 from app.http.keys import refusal_error, registry_of
@@ -102,18 +102,30 @@ async def require_admin_key(request: Request) -> None:
         raise StarletteHTTPException(404)
     cookie = request.cookies.get(COOKIE_NAME)
     if presented_key(request) is None and cookie is not None:
-        check_console_session(request, settings, cookie)
+        await check_console_session(request, settings, cookie)
         return
     check_key(
         request, settings.admin_key, what="admin key", placeholder="<ADMIN_KEY>", code="invalid_admin_key"
     )
 
 
-def check_console_session(request: Request, settings: Settings, cookie: str) -> None:
+async def live_session(request: Request, settings: Settings, cookie: str | None) -> ConsoleSession | None:
+    """The console session the cookie holds, unless it is malformed, forged, expired or signed out."""
+    assert settings.admin_key is not None
+    session = verify_session(
+        settings.admin_key.get_secret_value(), cookie, time.time(), settings.console_session_ttl
+    )
+    backend = getattr(request.app.state, "backend", None)
+    if session is not None and backend is not None and await backend.session_revoked(session.id):
+        return None
+    return session
+
+
+async def check_console_session(request: Request, settings: Settings, cookie: str) -> None:
     """A 401 unless the cookie holds a live console session; a 403 for a change without its CSRF token."""
     assert settings.admin_key is not None
     admin_key = settings.admin_key.get_secret_value()
-    session = verify_session(admin_key, cookie, time.time(), settings.console_session_ttl)
+    session = await live_session(request, settings, cookie)
     if session is None:
         raise GatewayError(
             401,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from app.credentials.store import CredentialStore, StoreData, StoreError, merge,
 from app.keys.registry import KeyRegistry
 from app.state.counters import SharedCounters
 from app.state.limits import RedisLimits
-from app.state.link import FAILURES, RedisLink, describe, raise_if_cancelled
+from app.state.link import FAILURES, PREFIX, RedisLink, describe, raise_if_cancelled
 from app.state.pool_counts import CredentialCountsSource
 from app.state.responses import RedisResponseStore
 from app.state.store import CHANNEL, RedisStore
@@ -37,6 +38,10 @@ from app.state.usage import KeyUsageSource
 from app.surfaces.openai_responses.store import MemoryResponseStore, ResponseStore
 
 log = logging.getLogger("gptomni2api.state")
+
+
+def revoked_key(session_id: str) -> str:
+    return f"{PREFIX}console-revoked:{session_id}"
 
 
 @dataclass
@@ -50,6 +55,9 @@ class State:
     counts: SharedCounters | None = None  # credentials' successes and failures, summed
     store: RedisStore | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Console sessions signed out before they expire: id -> expiry (wall clock). With Redis also
+    # there, so every replica refuses them; this copy covers this process while Redis is away.
+    _revoked: dict[str, float] = field(default_factory=dict)
 
     @property
     def degraded(self) -> bool:
@@ -58,6 +66,32 @@ class State:
     def describe(self) -> dict[str, Any]:
         """For /ready: which backend, and whether it is degraded."""
         return {"backend": self.name, "degraded": self.degraded}
+
+    async def revoke_session(self, session_id: str, expires_at: float) -> None:
+        """A console session was signed out: refuse it from now on, until it would have expired."""
+        now = time.time()
+        self._revoked = {id_: at for id_, at in self._revoked.items() if at > now}
+        self._revoked[session_id] = expires_at
+        if self.link is not None and not self.link.degraded:
+            try:
+                await self.link.aio.set(
+                    revoked_key(session_id), b"1", exat=max(int(now) + 1, int(expires_at))
+                )
+            except FAILURES as exc:
+                raise_if_cancelled()
+                self.link.failed(exc)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        if session_id in self._revoked:
+            return True
+        if self.link is None or self.link.degraded:
+            return False
+        try:
+            return bool(await self.link.aio.exists(revoked_key(session_id)))
+        except FAILURES as exc:
+            raise_if_cancelled()
+            self.link.failed(exc)
+            return False
 
     async def export(self) -> StoreData:
         """The pool and the keys (the credentials file's format): what is stored (Redis, when it

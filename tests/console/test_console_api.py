@@ -4,6 +4,7 @@ traffic numbers and "Try it"; and no admin key, session or cookie in a URL, an a
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -166,6 +167,28 @@ def test_a_reload_gets_the_csrf_token_again_and_sign_out_clears_the_cookie(gatew
     assert out.status_code == 200
     flags = {part.strip() for part in out.headers["set-cookie"].split(";")}
     assert f"{COOKIE_NAME}=" in flags and "Max-Age=0" in flags and "Path=/admin" in flags
+    # A copy of the signed-out cookie is refused too, not only forgotten by this browser.
+    assert session.call("GET", "/admin/credentials").status_code == 401
+    assert session.call("GET", "/admin/session").json() == {"signed_in": False}
+
+
+def test_a_signed_out_session_is_refused_by_every_replica_sharing_redis(
+    workdir: Path, emulator: Emulator, start_redis: Any
+) -> None:
+    shared = gateway_settings(emulator, [COOKIE], ADMIN_KEY=ADMIN, REDIS_URL=start_redis().url)
+    first = Gateway(workdir, shared, name="revoke-a")
+    second = Gateway(workdir, shared, name="revoke-b")
+    try:
+        session = Session(first)
+        elsewhere = copy.copy(session)  # the same cookie, sent to the other replica
+        elsewhere.gw = second
+        assert elsewhere.call("GET", "/admin/credentials").status_code == 200
+        assert session.call("DELETE", "/admin/session", csrf=session.csrf).status_code == 200
+        assert elsewhere.call("GET", "/admin/credentials").status_code == 401
+        assert sign_in(second).status_code == 200  # a new sign-in is a new session
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_the_session_opens_the_admin_api_and_the_key_still_does(gateway: Gateway) -> None:
