@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ def issue_session(
     admin_key: str, now: float, ttl: float, session_id: str | None = None
 ) -> tuple[str, ConsoleSession]:
     """A new session good for `ttl` seconds from `now`, and the cookie value that carries it."""
-    session = ConsoleSession(session_id or _b64(secrets.token_bytes(18)), int(now + ttl))
+    # Rounded up: a session lasts at least `ttl` seconds (truncating could leave it a moment).
+    session = ConsoleSession(session_id or _b64(secrets.token_bytes(18)), math.ceil(now + ttl))
     token = f"{VERSION}.{session.id}.{session.expires_at}.{_mac(admin_key, session.id, session.expires_at)}"
     return token, session
 

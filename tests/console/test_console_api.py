@@ -238,13 +238,13 @@ def test_the_export_of_every_cookie_needs_the_admin_key_not_a_session(gateway: G
 
 def test_the_session_expires(workdir: Path, emulator: Emulator) -> None:
     gw = Gateway(
-        workdir, gateway_settings(emulator, [COOKIE], ADMIN_KEY=ADMIN, CONSOLE_SESSION_TTL="1"), name="ttl"
+        workdir, gateway_settings(emulator, [COOKIE], ADMIN_KEY=ADMIN, CONSOLE_SESSION_TTL="2"), name="ttl"
     )
     try:
         session = Session(gw)
-        assert "Max-Age=1" in sign_in(gw).headers["set-cookie"]
+        assert "Max-Age=2" in sign_in(gw).headers["set-cookie"]
         assert session.call("GET", "/admin/credentials").status_code == 200
-        time.sleep(2.1)
+        time.sleep(3.1)
         assert session.call("GET", "/admin/credentials").status_code == 401
         assert session.call("POST", "/admin/credentials", csrf=session.csrf, json={}).status_code == 401
         assert session.call("GET", "/admin/session").json() == {"signed_in": False}

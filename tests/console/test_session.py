@@ -24,6 +24,7 @@ NOW = 1_800_000_000.0
 def test_a_session_verifies_until_it_expires() -> None:
     token, session = issue_session(KEY, NOW, 60)
     assert session.expires_at == int(NOW + 60)
+    assert issue_session(KEY, NOW + 0.9, 60)[1].expires_at == int(NOW + 61)  # at least the whole TTL
     assert verify_session(KEY, token, NOW) == session
     assert verify_session(KEY, token, NOW + 59) == session
     assert verify_session(KEY, token, NOW + 60) is None
