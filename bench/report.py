@@ -5,9 +5,13 @@ Pure functions over dicts, so that the JSON file and the printed table always sa
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 # Issue 6's targets for one worker on a 2-core machine.
@@ -388,3 +392,15 @@ def _windows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def _states(states: dict[str, int]) -> str:
     order = ("streaming", "waiting", "connecting", "ended", "error")
     return ", ".join(f"{k} {states[k]}" for k in order if states.get(k))
+
+
+def finish(results: dict[str, Any], table_text: str, out: Path, workdir: Path, *, keep: bool) -> None:
+    """Write the JSON, print the table and where things are, and remove the process logs unless kept."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table_text)
+    print(
+        f"\n{results['meta']['seconds']:.0f} s; results in {out}; process logs in {workdir}", file=sys.stderr
+    )
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)

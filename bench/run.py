@@ -613,16 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["upstream_left_open_max"] = max(bench.upstream_left_open, default=0)
     results["meta"]["seconds"] = round(time.monotonic() - began, 1)
     results["targets"] = report.evaluate_targets(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report.table(results))
-    print(
-        f"\n{results['meta']['seconds']:.0f} s; results in {out}; process logs in {workdir}", file=sys.stderr
-    )
-    if not keep:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+    report.finish(results, report.table(results), out, workdir, keep=keep)
     return 0
 
 

@@ -346,16 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         scale.close()
     results["meta"]["seconds"] = round(time.monotonic() - began, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    print(
-        f"\n{results['meta']['seconds']:.0f} s; results in {out}; process logs in {workdir}", file=sys.stderr
-    )
-    if not keep:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+    report.finish(results, table(results), out, workdir, keep=keep)
     return 0
 
 
