@@ -340,7 +340,12 @@ class CredentialPool:
     def _has_room(self, credential: Credential) -> bool:
         if self.policy.max_in_flight and credential.in_flight >= self.policy.max_in_flight:
             return False
-        return credential.limiter is None or credential.limiter.has_capacity()
+        return credential.limiter is None or self._shared_rate() or credential.limiter.has_capacity()
+
+    def _shared_rate(self) -> bool:
+        """Whether the rate is counted by the shared limits now: then this process's own bucket is
+        left alone (refusals would drain it), and it applies again while they are away."""
+        return self.shared is not None and self.shared.active
 
     def acquire(self, exclude: set[str] | frozenset[str] = frozenset()) -> Credential | None:
         """The next active credential with room, in round-robin order, skipping `exclude`.
@@ -416,7 +421,7 @@ class CredentialPool:
         while True:
             credential = self.acquire(exclude | set(held_back))
             if credential is not None:
-                if credential.limiter is not None:
+                if credential.limiter is not None and not self._shared_rate():
                     await credential.limiter.acquire()
                 refusal = await self._take_shared(credential)
                 if refusal is None:

@@ -77,6 +77,11 @@ class Refusal:
 
 
 class SharedLimits(Protocol):
+    @property
+    def active(self) -> bool:
+        """Whether the shared limits are in force (Redis answers); if not, the process's own apply."""
+        ...
+
     async def take(self, scope: str, id_: str, *, rate: tuple[int, float] | None, cap: int) -> Refusal | None:
         """Admit one request of `scope`/`id_` (e.g. "cred"/<credential id>): None when admitted
         (then `release` once it ends, if `cap`), else why not. A limit that cannot be checked
@@ -107,6 +112,10 @@ class RedisLimits:
         self._take = link.aio.register_script(TAKE)
         self._renew = link.aio.register_script(RENEW)
         self._releases: set[asyncio.Task[None]] = set()
+
+    @property
+    def active(self) -> bool:
+        return not self.link.degraded
 
     async def take(self, scope: str, id_: str, *, rate: tuple[int, float] | None, cap: int) -> Refusal | None:
         if rate is None and cap <= 0:

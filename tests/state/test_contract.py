@@ -437,3 +437,24 @@ async def test_redis_credential_successes_and_failures_are_summed_across_replica
             assert (credential.successes, credential.failures) == (4, {"timeout": 1})
     finally:
         await closing(a, b)
+
+
+async def test_redis_refusals_leave_the_replicas_own_bucket_for_when_redis_is_away(redis_url: str) -> None:
+    policy = PoolPolicy(rate=(2, 60.0))
+    a, b = open_redis(redis_url, [COOKIE_A], policy), open_redis(redis_url, [COOKIE_A], policy)
+    try:
+        assert b.link is not None
+        for _ in range(2):
+            a.keeper.pool.release(await a.keeper.pool.acquire_wait(set(), 0))  # type: ignore[arg-type]
+        for _ in range(3):  # the shared limit is used up: b is refused, and spends nothing of its own
+            with pytest.raises(PoolSaturated):
+                await b.keeper.pool.acquire_wait(set(), 0)
+        for task in b._tasks:  # (no health check to notice that Redis is in fact still there)
+            task.cancel()
+        b.link.degraded = True  # Redis away: b's own limit of 2 applies, whole
+        for _ in range(2):
+            b.keeper.pool.release(await b.keeper.pool.acquire_wait(set(), 0))  # type: ignore[arg-type]
+        with pytest.raises(PoolSaturated):
+            await b.keeper.pool.acquire_wait(set(), 0)
+    finally:
+        await closing(a, b)
