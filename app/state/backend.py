@@ -28,7 +28,7 @@ from app.credentials.keeper import PoolKeeper
 from app.credentials.pool import CredentialPool
 from app.credentials.store import CredentialStore, StoreData, StoreError, merge, pool_data
 from app.keys.registry import KeyRegistry
-from app.state.counters import SharedCounters
+from app.state.counters import SYNC_INTERVAL, SharedCounters
 from app.state.limits import RedisLimits
 from app.state.link import FAILURES, PREFIX, RedisLink, describe, raise_if_cancelled
 from app.state.pool_counts import CredentialCountsSource
@@ -72,43 +72,29 @@ class State:
         now = time.time()
         self._revoked = {id_: at for id_, at in self._revoked.items() if at > now}
         self._revoked[session_id] = expires_at
-        if self.link is not None and not self.link.degraded:
-            try:
-                await self.link.aio.set(
-                    revoked_key(session_id), b"1", exat=max(int(now) + 1, int(expires_at))
-                )
-            except FAILURES as exc:
-                raise_if_cancelled()
-                self.link.failed(exc)
+        if self.link is not None:
+            aio, until = self.link.aio, max(int(now) + 1, int(expires_at))
+            await self.link.attempt(lambda: aio.set(revoked_key(session_id), b"1", exat=until))
 
     async def session_revoked(self, session_id: str) -> bool:
         if session_id in self._revoked:
             return True
-        if self.link is None or self.link.degraded:
+        if self.link is None:
             return False
-        try:
-            return bool(await self.link.aio.exists(revoked_key(session_id)))
-        except FAILURES as exc:
-            raise_if_cancelled()
-            self.link.failed(exc)
-            return False
+        aio = self.link.aio
+        return bool(await self.link.attempt(lambda: aio.exists(revoked_key(session_id))))
 
     async def export(self) -> StoreData:
         """The pool and the keys (the credentials file's format): what is stored (Redis, when it
         answers) merged with this process's view, which may hold changes not saved yet."""
         local = pool_data(self.keeper.pool, self.keeper.keys)
-        if self.store is None or self.degraded:
+        if self.store is None or self.link is None:
             return local
         try:
-            stored = await self.store.read()
-        except FAILURES as exc:
-            raise_if_cancelled()
-            assert self.link is not None
-            self.link.failed(exc)
-            return local
+            stored = await self.link.attempt(self.store.read)
         except StoreError:
             return local
-        return merge(stored or StoreData(), local)
+        return merge(stored, local) if stored is not None else local
 
     def start(self, on_degraded: Callable[[bool], None] | None = None) -> None:
         """Start the background work (on the loop): saves and adoption, and with Redis the change
@@ -127,10 +113,11 @@ class State:
             jobs.append(link.watch())
             jobs.append(self._listen())
             if self.limits is not None:
-                jobs.append(self.limits.renew_forever())
+                # Every third of a lease, so a lease never runs out while its request lives.
+                jobs.append(link.every(self.limits.lease_ms / 3000, self.limits.renew))
             for counters in (self.usage, self.counts):
                 if counters is not None:
-                    jobs.append(counters.sync_forever())
+                    jobs.append(link.every(SYNC_INTERVAL, counters.sync))
         self._tasks = [asyncio.create_task(job) for job in jobs]
 
     async def stop(self) -> None:

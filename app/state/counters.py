@@ -8,12 +8,11 @@ store (counted already), and how to take in the totals."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.state.link import FAILURES, PREFIX, RedisLink, raise_if_cancelled
+from app.state.link import PREFIX, RedisLink
 
 SYNC_INTERVAL = 1.0
 
@@ -127,11 +126,10 @@ class SharedCounters:
             for row in batch.rows[id_]:
                 args.extend(row)
         marker = f"{PREFIX}{self.source.kind}-batch:{batch.id}"
-        try:
-            totals = await self._add(keys=[marker, *(self.hash_key(id_) for id_ in ids)], args=args)
-        except FAILURES as exc:
-            raise_if_cancelled()
-            self.link.failed(exc)
+        totals = await self.link.attempt(
+            lambda: self._add(keys=[marker, *(self.hash_key(id_) for id_ in ids)], args=args)
+        )
+        if totals is None:
             return
         self.pending = None
         now = self.source.counts()
@@ -142,12 +140,3 @@ class SharedCounters:
             self.source.take(id_, total(summed, minus(now[id_], batch.snapshot[id_])))
             self.base[id_] = summed
             self.read.add(id_)
-
-    async def sync_forever(self) -> None:
-        while True:
-            await asyncio.sleep(SYNC_INTERVAL)
-            try:
-                await self.sync()
-            except Exception as exc:  # an odd reply (a torn connection): Redis is away; the loop goes on
-                raise_if_cancelled()
-                self.link.failed(exc)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.state.link import FAILURES, PREFIX, RedisLink, raise_if_cancelled
+from app.state.link import PREFIX, RedisLink
 
 log = logging.getLogger("gptomni2api.state")
 
@@ -131,16 +131,16 @@ class RedisLimits:
         member = uuid.uuid4().hex
         window_ms, limit = (round(rate[1] * 1000), rate[0]) if rate is not None else (0, 0)
         leases = lease_key(scope, id_)
-        try:
-            admitted, wait_ms, kind = await self._take(
+        reply = await self.link.attempt(
+            lambda: self._take(
                 keys=[rate_key(scope, id_), leases],
                 args=[window_ms, limit, max(0, cap), self.lease_ms, member],
             )
-        except FAILURES as exc:
-            raise_if_cancelled()
-            self.link.failed(exc)
+        )
+        if reply is None:
             self._unleased(scope, id_, cap)
             return None  # per-replica limits only, until Redis is back
+        admitted, wait_ms, kind = reply
         if not admitted:
             return Refusal(int(wait_ms) / 1000, kind.decode() if isinstance(kind, bytes) else str(kind))
         if cap > 0:
@@ -172,11 +172,7 @@ class RedisLimits:
         task.add_done_callback(self._releases.discard)
 
     async def _drop(self, leases: str, member: str) -> None:
-        try:
-            await self.link.aio.zrem(leases, member)
-        except FAILURES as exc:
-            raise_if_cancelled()
-            self.link.failed(exc)  # the lease expires by itself
+        await self.link.attempt(lambda: self.link.aio.zrem(leases, member))  # else it expires by itself
 
     async def renew(self) -> None:
         """Extend every lease this process holds (their requests still run)."""
@@ -187,17 +183,4 @@ class RedisLimits:
             for member in held:
                 keys.append(leases)
                 members.append(member)
-        try:
-            await self._renew(keys=keys, args=[self.lease_ms, *members])
-        except FAILURES as exc:
-            raise_if_cancelled()
-            self.link.failed(exc)
-
-    async def renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            try:
-                await self.renew()
-            except Exception as exc:  # an odd reply (a torn connection): Redis is away; the loop goes on
-                raise_if_cancelled()
-                self.link.failed(exc)
+        await self.link.attempt(lambda: self._renew(keys=keys, args=[self.lease_ms, *members]))

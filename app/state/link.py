@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -29,6 +30,8 @@ from redis.retry import Retry as SyncRetry
 from app.logs import register_secret
 
 log = logging.getLogger("gptomni2api.state")
+
+T = TypeVar("T")
 
 PREFIX = "gptomni2api:"  # every key the gateway writes in Redis starts with this
 TIMEOUT = 1.0  # seconds for a connect or a reply: a dead Redis must not hold a request up for long
@@ -127,6 +130,30 @@ class RedisLink:
                 f"cannot reach Redis at REDIS_URL={self.display}: {describe(exc)}. Start Redis, fix "
                 "REDIS_URL, or unset it to keep the pool in this process (CREDENTIALS_FILE)."
             ) from None
+
+    async def attempt(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """`call()`'s result, or None when Redis is away: degraded already (then nothing is sent),
+        or failing now (then the link degrades). For the callers that fall back on this process's
+        own view when Redis cannot answer."""
+        if self.degraded:
+            return None
+        try:
+            return await call()
+        except FAILURES as exc:
+            raise_if_cancelled()
+            self.failed(exc)
+            return None
+
+    async def every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        """Forever: wait `seconds`, run `job`. An odd failure (a torn connection's reply) counts as
+        Redis away; the loop goes on."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception as exc:
+                raise_if_cancelled()
+                self.failed(exc)
 
     def failed(self, error: BaseException) -> None:
         """A Redis call failed: degrade (once per outage)."""

@@ -5,7 +5,7 @@ answered; they are not copied to Redis afterwards (they expire within the TTL an
 
 from __future__ import annotations
 
-from app.state.link import FAILURES, PREFIX, RedisLink, raise_if_cancelled
+from app.state.link import PREFIX, RedisLink
 from app.surfaces.openai_responses.store import MemoryResponseStore, StoredResponse
 
 
@@ -20,33 +20,17 @@ class RedisResponseStore:
         self.fallback = fallback
 
     async def get(self, response_id: str) -> StoredResponse | None:
-        if not self.link.degraded:
-            try:
-                raw = await self.link.aio.get(response_key(response_id))
-            except FAILURES as exc:
-                raise_if_cancelled()
-                self.link.failed(exc)
-            else:
-                if isinstance(raw, bytes):
-                    return StoredResponse.from_json(raw)
+        raw = await self.link.attempt(lambda: self.link.aio.get(response_key(response_id)))
+        if isinstance(raw, bytes):
+            return StoredResponse.from_json(raw)
         return await self.fallback.get(response_id)
 
     async def put(self, record: StoredResponse) -> None:
-        if not self.link.degraded:
-            try:
-                await self.link.aio.set(response_key(record.id), record.to_json(), px=self.ttl_ms)
-                return
-            except FAILURES as exc:
-                raise_if_cancelled()
-                self.link.failed(exc)
-        await self.fallback.put(record)
+        key, data = response_key(record.id), record.to_json()
+        if await self.link.attempt(lambda: self.link.aio.set(key, data, px=self.ttl_ms)) is None:
+            await self.fallback.put(record)
 
     async def delete(self, response_id: str) -> bool:
         deleted = await self.fallback.delete(response_id)
-        if not self.link.degraded:
-            try:
-                deleted = bool(await self.link.aio.delete(response_key(response_id))) or deleted
-            except FAILURES as exc:
-                raise_if_cancelled()
-                self.link.failed(exc)
-        return deleted
+        removed = await self.link.attempt(lambda: self.link.aio.delete(response_key(response_id)))
+        return bool(removed) or deleted
