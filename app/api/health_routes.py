@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from app.credentials.pool import CredentialPool
 from app.http import openapi_docs as docs
+from app.state.backend import State
 
 router = APIRouter()
 
@@ -26,20 +27,15 @@ async def health() -> Response:
 @router.get("/ready", openapi_extra=docs.READY)
 async def ready(request: Request) -> Response:
     pool: CredentialPool = request.app.state.pool
+    backend: State = request.app.state.backend
     counts = pool.counts()
     is_ready = counts["active"] > 0
-    payload: dict[str, Any] = {"status": readiness(is_ready, state_degraded(request)), "credentials": counts}
-    backend = getattr(request.app.state, "backend", None)
-    if backend is not None and backend.name != "embedded":  # the embedded answer stays as it was
+    payload: dict[str, Any] = {"status": readiness(is_ready, backend.degraded), "credentials": counts}
+    if backend.name != "embedded":  # the embedded answer stays as it was
         payload["state"] = backend.describe()
     return Response(
         orjson.dumps(payload), status_code=200 if is_ready else 503, media_type="application/json"
     )
-
-
-def state_degraded(request: Request) -> bool:
-    backend = getattr(request.app.state, "backend", None)
-    return bool(backend is not None and backend.degraded)
 
 
 def readiness(has_active: bool, degraded: bool) -> str:

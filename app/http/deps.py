@@ -115,8 +115,7 @@ async def live_session(request: Request, settings: Settings, cookie: str | None)
     session = verify_session(
         settings.admin_key.get_secret_value(), cookie, time.time(), settings.console_session_ttl
     )
-    backend = getattr(request.app.state, "backend", None)
-    if session is not None and backend is not None and await backend.session_revoked(session.id):
+    if session is not None and await request.app.state.backend.session_revoked(session.id):
         return None
     return session
 

@@ -258,7 +258,7 @@ READY = documented(
     response={
         "status": "ready",
         "credentials": {"active": 1, "cooling": 0, "invalid": 0},
-        "state": {"backend": "embedded", "degraded": False},
+        "state": {"backend": "redis", "degraded": False},  # only with REDIS_URL
     },
     public=True,
 )
