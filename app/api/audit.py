@@ -12,9 +12,10 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.http.deps import STATE_CHANGING
+
 log = logging.getLogger("gptomni2api.audit")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")  # ids only: anything else in a path cannot forge a log line
-CHANGES = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
 class AuditMiddleware:
@@ -24,7 +25,7 @@ class AuditMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
-            or scope["method"] not in CHANGES
+            or scope["method"] not in STATE_CHANGING
             or not (scope["path"] == "/admin" or scope["path"].startswith("/admin/"))
         ):
             await self.app(scope, receive, send)

@@ -15,10 +15,10 @@ from app.core.errors import GatewayError, invalid_request
 from app.http.body import read_body
 from app.http.deps import AdminKey
 from app.http.respond import json_response
-from app.keys.registry import ClientKey, KeyFieldError, KeyRegistry
+from app.keys.registry import EDITABLE, ClientKey, KeyFieldError, KeyRegistry
 
 router = APIRouter(prefix="/admin", dependencies=[AdminKey])
-FIELDS = ("name", "rpm", "max_streams", "models", "expires_at", "disabled")
+FIELDS = EDITABLE  # what PATCH may change; create takes all but `disabled`
 
 
 def key_view(key: ClientKey) -> dict[str, Any]:
@@ -34,12 +34,7 @@ def key_view(key: ClientKey) -> dict[str, Any]:
         "disabled": key.disabled,
         "created_at": iso_time(key.created_at),
         "last_used": iso_time(key.last_used),
-        "usage": {
-            "requests": key.usage.requests,
-            "prompt_tokens": key.usage.prompt_tokens,
-            "completion_tokens": key.usage.completion_tokens,
-            "errors": dict(key.usage.errors),
-        },
+        "usage": key.usage.to_record(),
     }
 
 

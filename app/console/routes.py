@@ -133,7 +133,7 @@ def session_view(admin_key: str, session: ConsoleSession, settings: Settings) ->
         "expires_at": session.expires_at,
         "models": list(settings.served_models),
         # Demo mode (`python main.py --demo`) answers from the bundled emulator: the page says so.
-        "demo": bool(getattr(settings, "demo", False)),
+        "demo": settings.demo,
     }
 
 

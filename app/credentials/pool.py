@@ -63,6 +63,9 @@ class RestReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
 
 
+REST_REASONS = frozenset(reason.value for reason in RestReason)
+
+
 class PoolSaturated(Exception):
     """Every usable credential is at its rate limit or concurrency cap, past the wait allowed."""
 
@@ -117,6 +120,18 @@ class Credential:
     @property
     def preview(self) -> str:
         return mask_secret(self.cookie)
+
+
+def swap_cookie(credential: Credential, cookie: str) -> None:
+    """The credential's cookie is now `cookie`: its values are redacted from logs, and the values it
+    no longer holds are not any more (the site revoked them, so the set does not grow)."""
+    old = set(secret_values(credential.cookie))
+    credential.cookie = cookie
+    new = secret_values(cookie)
+    for value in new:
+        register_secret(value)
+    for value in old - set(new):
+        unregister_secret(value)
 
 
 @dataclass(frozen=True)
@@ -252,7 +267,7 @@ class CredentialPool:
         if (credential.proxy, credential.user_agent) == (proxy, user_agent):
             return False
         credential.proxy, credential.user_agent = proxy, user_agent
-        register_secret(proxy_secret(proxy) if proxy else None)
+        register_secret(proxy_secret(proxy))
         self._changed(credential)
         return True
 
@@ -276,13 +291,7 @@ class CredentialPool:
             # is no credential (nor a valid file entry): keep the last cookie, and say it is spent.
             self.record(credential, UpstreamFailure(FailureKind.AUTH, "the site deleted the session cookies"))
             return False
-        old = set(secret_values(credential.cookie))
-        credential.cookie = update.cookie
-        new = secret_values(update.cookie)
-        for value in new:
-            register_secret(value)
-        for value in old - set(new):
-            unregister_secret(value)
+        swap_cookie(credential, update.cookie)
         if update.session_changed:
             credential.session_renewed_at = now
             credential.session_expires_at = update.session_expires_at
@@ -294,7 +303,7 @@ class CredentialPool:
     def _attach(self, credential: Credential) -> None:
         for value in secret_values(credential.cookie):
             register_secret(value)
-        register_secret(proxy_secret(credential.proxy) if credential.proxy else None)
+        register_secret(proxy_secret(credential.proxy))
         if self.policy.rate is not None and credential.limiter is None:
             credential.limiter = AsyncLimiter(*self.policy.rate)
         self._credentials.append(credential)
@@ -566,25 +575,17 @@ class CredentialPool:
                 if max(removed.get(id_, -math.inf), self.removed.get(id_, -math.inf)) >= changed_at:
                     continue
                 credential = Credential(cookie=cookie, id=id_, changed_at=changed_at)
-                credential.proxy = record.get("proxy") or None
                 self._attach(credential)
             elif credential.changed_at >= changed_at:
                 continue
             elif credential.cookie != cookie:  # renewed by another process
-                old = set(secret_values(credential.cookie))
-                credential.cookie = cookie
-                for value in secret_values(cookie):
-                    register_secret(value)
-                    old.discard(value)
-                for value in old:
-                    unregister_secret(value)
+                swap_cookie(credential, cookie)
             credential.state = CredentialState(record.get("state", "active"))
             until = record.get("cooling_until")
             credential.cooling_until = now + (float(until) - now_wall) if until is not None else None
             reason = record.get("rest_reason")
-            known = {r.value for r in RestReason}
             credential.rest_reason = (
-                RestReason(reason) if isinstance(reason, str) and reason in known else None
+                RestReason(reason) if isinstance(reason, str) and reason in REST_REASONS else None
             )
             if credential.state is CredentialState.COOLING and credential.cooling_until is None:
                 credential.state = CredentialState.ACTIVE
@@ -594,7 +595,7 @@ class CredentialPool:
                 credential.rest_reason = RestReason.FAILURES
             credential.last_error = record.get("last_error") or credential.last_error
             credential.proxy = record.get("proxy") or None
-            register_secret(proxy_secret(credential.proxy) if credential.proxy else None)
+            register_secret(proxy_secret(credential.proxy))
             credential.user_agent = record.get("user_agent") or None
             credential.session_renewed_at = record.get("session_renewed_at")
             credential.session_expires_at = record.get("session_expires_at")

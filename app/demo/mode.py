@@ -79,8 +79,11 @@ class DemoPlan:
     where), so the real upstream is used (then `settings.demo` is false)."""
 
     settings: Settings
-    active: bool = False
     configured: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.settings.demo
 
     @property
     def ignored(self) -> bool:
@@ -118,7 +121,7 @@ def plan_demo(settings: Settings, stored: int) -> DemoPlan:
             f"demo mode with the public demo keys listens on loopback only, not HOST={settings.host}: "
             "set API_MASTER_KEY and ADMIN_KEY of your own to run the demo on the network"
         )
-    return DemoPlan(settings.model_copy(update=update), active=True)
+    return DemoPlan(settings.model_copy(update=update))
 
 
 def is_loopback(host: str) -> bool:
