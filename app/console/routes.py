@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,11 @@ from app.console.session import (
     session_cookie,
 )
 from app.core.errors import GatewayError, invalid_request
-from app.core.events import Completion, Event
 from app.http.body import read_body
 from app.http.deps import AdminKey, ChatServiceDep, SettingsDep, keys_match, live_session
-from app.http.respond import json_response, respond
+from app.http.respond import json_response
 from app.observability.traffic import TrafficBuffer
-from app.surfaces.openai_chat.decode import decode
-from app.surfaces.openai_chat.encode import body_of, encode_stream
+from app.surfaces.openai_chat.routes import answer_chat
 from app.surfaces.openai_chat.wire import parse_chat_request
 
 STATIC = Path(__file__).parent / "static"
@@ -197,7 +194,12 @@ def try_request_body(data: dict[str, Any], default_model: str) -> bytes:
     model = data.get("model") or default_model
     if not isinstance(model, str):
         raise invalid_request(TRY_USAGE, param="model")
-    request = {"model": model, "messages": [{"role": "user", "content": message}], "stream": True}
+    request = {
+        "model": model,
+        "messages": [{"role": "user", "content": message}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     return orjson.dumps(request)
 
 
@@ -205,15 +207,6 @@ def try_request_body(data: dict[str, Any], default_model: str) -> bytes:
 async def try_it(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
     """One chat message through the pool, answered as a Chat Completions stream."""
     data = load_object(await read_body(request, TRY_LIMIT), TRY_USAGE)
-    chat_request = parse_chat_request(try_request_body(data, settings.served_models[0]))
-    service.resolve_model(chat_request.model)
-    prepared = service.prepare(decode(chat_request))
-    model = chat_request.model
-
-    def whole(completion: Completion) -> dict[str, Any]:
-        return body_of(completion, model)
-
-    def encode(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-        return encode_stream(events, model, include_usage=True)
-
-    return await respond(request, service, prepared, stream=True, body=whole, encode=encode)
+    return await answer_chat(
+        request, service, parse_chat_request(try_request_body(data, settings.served_models[0]))
+    )

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from app.config import Settings
 from app.core.errors import GatewayError
 from app.core.events import Completion, Event
+from app.core.service import ChatService
 from app.demo.mode import DEMO_OWNER
 from app.http import openapi_docs as docs
 from app.http.body import read_body
@@ -18,7 +19,7 @@ from app.http.deps import ApiKey, ChatServiceDep, SettingsDep
 from app.http.respond import json_response, respond
 from app.surfaces.openai_chat.decode import decode
 from app.surfaces.openai_chat.encode import body_of, encode_stream
-from app.surfaces.openai_chat.wire import parse_chat_request
+from app.surfaces.openai_chat.wire import ChatCompletionRequest, parse_chat_request
 
 router = APIRouter(prefix="/v1", dependencies=[ApiKey])
 
@@ -29,7 +30,14 @@ MODEL_CREATED = 1_735_689_600
 @router.post("/chat/completions", openapi_extra=docs.CHAT_COMPLETIONS)
 async def chat_completions(request: Request, service: ChatServiceDep, settings: SettingsDep) -> Response:
     body = await read_body(request, settings.max_request_bytes)
-    chat_request = parse_chat_request(body)
+    return await answer_chat(request, service, parse_chat_request(body))
+
+
+async def answer_chat(
+    request: Request, service: ChatService, chat_request: ChatCompletionRequest
+) -> Response:
+    """A parsed Chat Completions request, answered (JSON, or the stream it asked for); also the
+    console's "Try it" (app/console/routes.py)."""
     service.resolve_model(chat_request.model)  # an unknown model is a 404 before any other check
     prepared = service.prepare(decode(chat_request))
     model, include_usage = chat_request.model, chat_request.include_usage
