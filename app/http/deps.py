@@ -81,9 +81,7 @@ async def require_api_key(request: Request) -> None:
     assert registry is not None
     try:
         registry.check_active(key)
-    except KeyRefusal as refusal:
-        request.state.key_error_noted = True
-        registry.count_error(key, refusal.kind)
+    except KeyRefusal as refusal:  # counted by the error handler, as every error answered to a key
         raise refusal_error(refusal) from None
 
 

@@ -52,9 +52,7 @@ async def admit(request: Request, model: str) -> Admission | None:
         return None
     try:
         admission = await registry.admit_shared(key, model)
-    except KeyRefusal as refusal:
-        request.state.key_error_noted = True
-        note_key_error(request, refusal.kind)
+    except KeyRefusal as refusal:  # counted by the error handler (app/http/errors.py), once
         raise refusal_error(refusal) from None
     request.state.key_admission = admission
     return admission
