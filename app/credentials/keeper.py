@@ -128,23 +128,23 @@ class PoolKeeper:
     def schedule_save(self) -> None:
         """A change: counted, and saved soon. A burst (an admin call adding many cookies, a turn of
         the loop with many outcomes) is one write."""
-        self._changes += 1
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.save()
-            return
-        if self._soon is None:
+        loop = self._count_change()
+        if loop is not None and self._soon is None:
             self._soon = loop.call_soon(self._save_soon)
 
-    def schedule_renewal_save(self) -> None:
+    def _count_change(self) -> asyncio.AbstractEventLoop | None:
+        """Count one change; the running loop to batch its save on, or None when there is none
+        (then it was saved here and now)."""
         self._changes += 1
         try:
-            loop = asyncio.get_running_loop()
+            return asyncio.get_running_loop()
         except RuntimeError:
             self.save()
-            return
-        if self._renewal_save is None and self._soon is None:
+            return None
+
+    def schedule_renewal_save(self) -> None:
+        loop = self._count_change()
+        if loop is not None and self._renewal_save is None and self._soon is None:
             self._renewal_save = loop.call_later(RENEWAL_SAVE_DELAY, self._save_soon)
 
     def _save_soon(self) -> None:
@@ -186,9 +186,7 @@ class PoolKeeper:
             return
         error = future.exception()
         if error is None:
-            self._saved = max(self._saved, flight.version)
-            self._recovered()
-            self._adopt_quietly(future.result())
+            self._succeeded(flight.version, future.result())
         else:
             self._failed(error)
         if self._again:
@@ -231,6 +229,10 @@ class PoolKeeper:
         except OSError as exc:
             self._failed(exc)
             return
+        self._succeeded(version, merged)
+
+    def _succeeded(self, version: int, merged: StoreData) -> None:
+        """A save covering the changes up to `version` landed; take in what it merged."""
         self._saved = max(self._saved, version)
         self._recovered()
         self._adopt_quietly(merged)
