@@ -42,10 +42,7 @@ async def run_until_disconnect(
     try:
         await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         if draining is not None and draining.expired and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise shutting_down()
+            raise shutting_down()  # the work is cancelled below
     finally:
         watcher.cancel()
         if not task.done():
