@@ -35,7 +35,7 @@ from app.core.usage import estimate_prompt_tokens, usage
 from app.credentials.pool import Credential, CredentialPool, CredentialState, PoolSaturated, poison_class
 from app.observability.context import note_credential, note_first_byte, note_model, note_upstream_outcome
 from app.upstream.failures import FailureKind, UpstreamFailure
-from app.upstream.gptomni import Answer, GptomniClient
+from app.upstream.gptomni import Answer, GptomniClient, SessionState
 from app.upstream.transport import TransportBusy
 
 log = logging.getLogger("gptomni2api.chat")
@@ -281,7 +281,6 @@ class ChatService:
                     ) from None
                 except UpstreamFailure as failure:
                     self.pool.release(credential)
-                    self.pool.renew(credential, failure.set_cookies)
                     note_upstream_outcome(failure.kind.value)
                     last = failure
                     kind = poison_class(failure)
@@ -359,17 +358,36 @@ class ChatService:
         self.pool.record(credential, failure)
         return failure
 
+    async def _open(self, prompt: str, credential: Credential) -> Answer:
+        """The upstream's answer on `credential`, with its egress; the answer's Set-Cookie values
+        (a failed answer's too: only the answer's head carries them) renew the credential."""
+        try:
+            answer = await self.client.open(prompt, credential.cookie, **self.egress(credential))
+        except UpstreamFailure as failure:
+            self.pool.renew(credential, failure.set_cookies)
+            raise
+        self.pool.renew(credential, answer.set_cookies)
+        return answer
+
+    async def _session(self, credential: Credential) -> SessionState:
+        """The site's word on `credential`'s session, with its egress; Set-Cookie values as `_open`."""
+        try:
+            session = await self.client.session(credential.cookie, **self.egress(credential))
+        except UpstreamFailure as failure:
+            self.pool.renew(credential, failure.set_cookies)
+            raise
+        self.pool.renew(credential, session.set_cookies)
+        return session
+
     async def _confirmed(self, credential: Credential, failure: UpstreamFailure) -> UpstreamFailure:
         """`failure` when the session is gone; else the same failure counted like a 5xx."""
         try:
-            session = await self.client.session(credential.cookie, **self.egress(credential))
+            session = await self._session(credential)
         except UpstreamFailure as check:
-            self.pool.renew(credential, check.set_cookies)
             why = f"the session check failed too ({check.message})"
         except TransportBusy:
             why = "the session could not be checked (the transport is at capacity)"
         else:
-            self.pool.renew(credential, session.set_cookies)
             if not session.alive:
                 return failure
             why = "the session is alive"
@@ -383,14 +401,12 @@ class ChatService:
         """Ask the site whether the credential's session lives (renewing its cookie if it does):
         False marks it invalid; None when the check got no answer (nothing changes)."""
         try:
-            session = await self.client.session(credential.cookie, **self.egress(credential))
+            session = await self._session(credential)
         except UpstreamFailure as failure:
-            self.pool.renew(credential, failure.set_cookies)
             log.info("session check of credential %s got no answer: %s", credential.id, failure.message)
             return None
         except TransportBusy:
             return None  # the next round tries again
-        self.pool.renew(credential, session.set_cookies)
         if not session.alive:
             self.pool.record(
                 credential, UpstreamFailure(FailureKind.AUTH, "the session has ended (session check)")
@@ -406,15 +422,13 @@ class ChatService:
     async def probe(self, credential: Credential) -> UpstreamFailure | None:
         """A tiny request on `credential`; its outcome decides its state (success: active)."""
         try:
-            answer = await self.client.open(PROBE_PROMPT, credential.cookie, **self.egress(credential))
-            self.pool.renew(credential, answer.set_cookies)
+            answer = await self._open(PROBE_PROMPT, credential)
             try:
                 await answer.next_text()
             finally:
                 with anyio.CancelScope(shield=True):
                     await answer.aclose()
         except UpstreamFailure as failure:
-            self.pool.renew(credential, failure.set_cookies)
             self.pool.record(credential, failure)
             return failure
         self.pool.record(credential, None)
@@ -430,8 +444,7 @@ class ChatService:
     # --- non-streaming ------------------------------------------------------------------------
     async def complete(self, prepared: Prepared) -> Completion:
         async def attempt(credential: Credential) -> tuple[CollectedAnswer, AnswerShaper]:
-            answer = await self.client.open(prepared.prompt, credential.cookie, **self.egress(credential))
-            self.pool.renew(credential, answer.set_cookies)
+            answer = await self._open(prepared.prompt, credential)
             shaper, collected = prepared.shaper(), CollectedAnswer()
             try:
                 while not shaper.done and (text := await answer.next_text()) is not None:
@@ -459,8 +472,7 @@ class ChatService:
         """An upstream answer that has given its first piece. Until then, failures fail over."""
 
         async def attempt(credential: Credential) -> Opened:
-            answer = await self.client.open(prepared.prompt, credential.cookie, **self.egress(credential))
-            self.pool.renew(credential, answer.set_cookies)
+            answer = await self._open(prepared.prompt, credential)
             try:
                 first_text = await answer.next_text()
                 note_first_byte()
