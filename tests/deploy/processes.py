@@ -138,3 +138,22 @@ class MainProcess:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+def refused_starts(env: dict[str, str], cwd: Path, timeout: float = 60) -> list[tuple[int, str, float]]:
+    """Start the gateway both ways a deployment does (`python main.py`, `uvicorn main:app`) with
+    `env`, each expected to refuse: (exit code, everything it printed, seconds it took) of each."""
+    results = []
+    for command in ([str(ROOT / "main.py")], ["-m", "uvicorn", "main:app", "--port", str(free_port())]):
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, *command],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        results.append((result.returncode, result.stdout + result.stderr, time.monotonic() - started))
+    return results

@@ -258,26 +258,14 @@ def test_admin_add_remove_list_survive_a_restart(
 
 
 def test_corrupt_credentials_file_is_a_clear_start_up_error(emulator: Emulator, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT, base_env
+    from tests.conftest import base_env
+    from tests.deploy.processes import refused_starts
 
     store = tmp_path / "credentials.json"
     store.write_text('{"credentials": [{"cookie": "session=abc", "state": "act')  # cut off mid-write
     env = base_env() | gateway_settings(emulator, [], CREDENTIALS_FILE=str(store))
-    for command in ([str(ROOT / "main.py")], ["-m", "uvicorn", "main:app", "--port", "0"]):
-        result = subprocess.run(
-            [sys.executable, *command],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        output = result.stdout + result.stderr
-        assert result.returncode == 2
+    for code, output, _ in refused_starts(env, tmp_path, timeout=30):
+        assert code == 2
         assert str(store) in output and "not valid JSON" in output
         assert "Traceback" not in output
         assert "session=abc" not in output

@@ -16,8 +16,6 @@ import hashlib
 import json
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,8 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY, ROOT, Emulator, Gateway, base_env, free_port, gateway_settings
-from tests.deploy.processes import Nginx
+from tests.conftest import MASTER_KEY, Emulator, Gateway, base_env, free_port, gateway_settings
+from tests.deploy.processes import Nginx, refused_starts
 from tests.redis_server import RedisServer
 
 ADMIN_KEY = "sk-admin-scale-out-000000000000"
@@ -507,24 +505,13 @@ def test_an_unusable_redis_url_stops_the_start_and_never_shows_the_password(
         port = start_redis(password=f"the-right-one-{secrets.token_hex(8)}").port
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     env = base_env() | gateway_settings(emulator, [cookie("start")], REDIS_URL=url)
-    for command in ([str(ROOT / "main.py")], ["-m", "uvicorn", "main:app", "--port", str(free_port())]):
-        started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, *command],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        output = result.stdout + result.stderr
-        assert result.returncode == 2, (command, result.returncode, output[-2000:])
+    for code, output, seconds in refused_starts(env, tmp_path):
+        assert code == 2, (code, output[-2000:])
         assert "REDIS_URL" in output
         assert f"127.0.0.1:{port}" in output  # says where it tried
         assert password not in output
         assert "Traceback" not in output
-        assert time.monotonic() - started < 30
+        assert seconds < 30
 
 
 # --- migration and export ----------------------------------------------------------------------------
