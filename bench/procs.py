@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from tests.processes import ROOT, base_env, free_port
+from tests.processes import ROOT, base_env, free_port, stop_process
 
 EMULATOR = ROOT / "app" / "demo" / "emulator.py"
 MASTER_KEY = "sk-bench-master-key-0123456789"
@@ -50,13 +50,7 @@ def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
 
 
 def _stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc, sig, wait=15)
 
 
 # --- /proc -----------------------------------------------------------------------------------------

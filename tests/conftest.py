@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import ROOT, base_env, free_port
+from tests.processes import ROOT, base_env, free_port, stop_process
 
 EMULATOR = ROOT / "app" / "demo" / "emulator.py"
 FORWARD_PROXY = ROOT / "tests" / "forward_proxy.py"
@@ -70,11 +70,7 @@ class Emulator:
         httpx.post(f"{self.url}/_emu/faults", json=body, timeout=5).raise_for_status()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, wait=5)
         self._log.close()
 
     # --- helpers for sessions, Set-Cookie and what reached the upstream ---
@@ -177,13 +173,7 @@ class ForwardProxy:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, wait=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
@@ -236,15 +226,9 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        code = stop_process(self.proc, sig, wait=15)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def openai(self, **kwargs: Any) -> Any:
         import openai

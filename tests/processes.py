@@ -5,8 +5,11 @@ Shared by the tests and the benchmark; no pytest import, so `bench/` can use it 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 
@@ -39,3 +42,15 @@ def base_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, wait: float = 10) -> int:
+    """Send `sig` (if it still runs), give it `wait` seconds to exit, then kill it; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import BinaryIO
 
-from tests.processes import free_port
+from tests.processes import free_port, stop_process
 
 START_TIMEOUT = 10.0
 
@@ -154,13 +153,7 @@ class RedisServer:
         """SIGTERM: Redis flushes the AOF and exits; `start()` brings the same data back."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._wait_port_free()
 
     def kill(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, base_env, free_port
 from tests.deploy.render_nginx import SHIPPED, render
+from tests.processes import stop_process
 
 
 def nginx_binary() -> str:
@@ -78,13 +78,7 @@ class Nginx:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -129,15 +123,9 @@ class MainProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        code = stop_process(self.proc, wait=30)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 def refused_starts(env: dict[str, str], cwd: Path, timeout: float = 60) -> list[tuple[int, str, float]]:
