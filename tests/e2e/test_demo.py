@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from app.credentials.store import CredentialStore, StoreData
 from app.demo.mode import DEMO_ADMIN_KEY, DEMO_API_KEY
-from tests.conftest import MASTER_KEY, Emulator
+from tests.conftest import MASTER_KEY, ROOT, Emulator
 from tests.deploy.processes import MainProcess
 
 WEATHER_TOOL = {
@@ -189,3 +190,26 @@ def test_without_demo_and_without_a_cookie_the_503_names_both_ways_forward(tmp_p
         assert "GPTOMNI_CREDENTIALS" in log and "python main.py --demo" in log  # the start-up warning
     finally:
         assert run.stop() == 0
+
+
+def test_the_readmes_demo_curl_streams_a_canned_answer_as_pasted(tmp_path: Path) -> None:
+    section = re.search(r"^## Demo mode\n(.*?)(?=^## )", (ROOT / "README.md").read_text(), re.S | re.M)
+    assert section is not None
+    command = re.findall(r"```bash\n(.*?)```", section.group(1), re.S)[0]
+    assert "http://127.0.0.1:8000" in command
+    run = main_run(tmp_path, ["--demo"], {}, name="demo-curl").wait_ready()
+    try:
+        result = subprocess.run(
+            ["bash", "-c", command.replace("http://127.0.0.1:8000", run.url)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        run.stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("data: [DONE]")
+    pieces = [json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("data: {")]
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in pieces if p["choices"])
+    assert "canned" in text and text.endswith("Hello!")
